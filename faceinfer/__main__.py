@@ -1,0 +1,6 @@
+"""``python -m faceinfer`` runs the command line."""
+import sys
+
+from faceinfer.cli import main
+
+sys.exit(main())

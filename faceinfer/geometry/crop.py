@@ -1,0 +1,97 @@
+"""Square crops of faces out of frames.
+
+Conventions: points are (x, y) in pixels with pixel centres at integer coordinates; a matrix
+named ``a_to_b`` is 3x3 and maps homogeneous (x, y, 1) column vectors from space a to space b.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+
+def box_crop_matrices(bboxes: npt.NDArray[np.floating | np.integer], padding: float
+                      ) -> npt.NDArray[np.float32]:
+    """Frame -> normalized crop matrices for square crops centred on boxes.
+
+    The crop's side is the box's longer side divided by ``1 - padding``, so that ``padding`` is
+    the fraction of the crop (both sides together) around the box.
+
+    Parameters
+    ----------
+    bboxes:
+        (N, 4) boxes (left, top, right, bottom) in frame pixels.
+    padding:
+        In [0, 1): the padding fraction, e.g. an ``EXTRACT_RATIOS`` value.
+
+    Returns
+    -------
+    (N, 3, 3) float32 ``frame_to_normalized``: the crop covers [0, 1] x [0, 1].
+    """
+    if not 0.0 <= padding < 1.0:
+        raise ValueError(f"expected padding in [0, 1), got {padding}")
+    boxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    side = np.maximum(np.max(boxes[:, 2:] - boxes[:, :2], axis=1), 1.0) / (1.0 - padding)
+    out = np.zeros((len(boxes), 3, 3), dtype=np.float64)
+    out[:, 0, 0] = out[:, 1, 1] = 1.0 / side
+    out[:, :2, 2] = 0.5 - centre / side[:, None]
+    out[:, 2, 2] = 1.0
+    return out.astype(np.float32)
+
+
+def warp_faces(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
+               frame_to_normalized: npt.NDArray[np.float32], size: int
+               ) -> npt.NDArray[np.uint8]:
+    """Cut (N, size, size, C) crops out of frames. Outside the frame is black.
+
+    Parameters
+    ----------
+    images:
+        The frames, (H, W, C) uint8.
+    frame_ids:
+        (N,) the frame of each face.
+    frame_to_normalized:
+        (N, 3, 3) matrices from frame pixels to the normalized crop [0, 1] x [0, 1].
+    size:
+        The side of the output crops in pixels.
+    """
+    channels = images[0].shape[2] if images else 3
+    out = np.zeros((len(frame_ids), size, size, channels), dtype=np.uint8)
+    to_pixels = np.diag([float(size), float(size), 1.0])
+    for index, (frame_id, matrix) in enumerate(zip(frame_ids.tolist(), frame_to_normalized,
+                                                   strict=True)):
+        affine = (to_pixels @ matrix.astype(np.float64))[:2]
+        scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        cv2.warpAffine(images[frame_id], affine, (size, size), dst=out[index], flags=interp,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
+
+
+def inside_frame(frame_to_normalized: npt.NDArray[np.float32], size: int,
+                 frame_sizes: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
+    """(N, size, size) True where a crop pixel's centre lies inside its frame.
+
+    Parameters
+    ----------
+    frame_to_normalized:
+        (N, 3, 3) matrices from frame pixels to the normalized crop.
+    size:
+        The side of the crops in pixels.
+    frame_sizes:
+        (N, 2) the (height, width) of each face's frame.
+    """
+    count = len(frame_to_normalized)
+    if count == 0:
+        return np.zeros((0, size, size), dtype=np.bool_)
+    grid = (np.arange(size, dtype=np.float64) + 0.5) / size
+    xs, ys = np.meshgrid(grid, grid)
+    points = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])  # (3, S*S)
+    to_frame = np.linalg.inv(frame_to_normalized.astype(np.float64))  # (N, 3, 3)
+    frame_points = to_frame @ points  # (N, 3, S*S)
+    heights = np.asarray(frame_sizes, dtype=np.float64)[:, 0:1]
+    widths = np.asarray(frame_sizes, dtype=np.float64)[:, 1:2]
+    inside = ((frame_points[:, 0] >= -0.5) & (frame_points[:, 0] < widths - 0.5)
+              & (frame_points[:, 1] >= -0.5) & (frame_points[:, 1] < heights - 0.5))
+    return inside.reshape(count, size, size)

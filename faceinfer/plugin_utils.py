@@ -1,0 +1,111 @@
+"""Helpers for plugins that hold torch modules: finding them, feeding them random input,
+warming them up (which also tells channels-first from channels-last) and compiling them.
+
+torch is imported inside the functions, so importing faceinfer stays light.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from faceinfer.plugins.base import ExtractPlugin
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+def get_torch_modules(obj: Any, mod: str | None = None, seen: set[int] | None = None,
+                      results: list[torch.nn.Module] | None = None) -> list[torch.nn.Module]:
+    """Find the outermost :class:`torch.nn.Module` objects held by a plugin's ``model``.
+
+    Walks attributes, lists, tuples and dicts, but only into objects defined in the same
+    top-level package as ``obj``, so it never wanders into library internals.
+
+    Parameters
+    ----------
+    obj:
+        Where to look, usually a plugin's ``model`` attribute.
+    mod:
+        The top-level package to stay inside. Default: that of ``obj``.
+    seen:
+        Ids of objects already visited. Default: a new set.
+    results:
+        Where found modules are appended. Default: a new list.
+    """
+    import torch  # noqa: PLC0415
+
+    seen = set() if seen is None else seen
+    results = [] if results is None else results
+    if id(obj) in seen or obj is None:
+        return results
+    seen.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        results.append(obj)
+        return results
+    if mod is None:
+        mod = type(obj).__module__.split(".")[0]
+    children: list[Any]
+    if isinstance(obj, list | tuple | set):
+        children = list(obj)
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif type(obj).__module__.split(".")[0] == mod and hasattr(obj, "__dict__"):
+        children = list(vars(obj).values())
+    else:
+        return results
+    for child in children:
+        get_torch_modules(child, mod, seen, results)
+    return results
+
+
+def random_input_from_plugin(plugin: ExtractPlugin, batch_size: int, channels_last: bool
+                             ) -> np.ndarray:
+    """Random model input shaped, typed and scaled as the plugin declares.
+
+    Returns
+    -------
+    (batch_size, S, S, 3) when ``channels_last`` else (batch_size, 3, S, S), in the plugin's
+    dtype, uniform over its value range.
+    """
+    size = plugin.input_size
+    shape = (batch_size, size, size, 3) if channels_last else (batch_size, 3, size, size)
+    rng = np.random.default_rng(0)
+    low, high = plugin.scale
+    if plugin.dtype == "uint8":
+        return rng.integers(int(low), int(high) + 1, size=shape, dtype=np.uint8)
+    return rng.uniform(low, high, size=shape).astype(plugin.dtype)
+
+
+def warmup_plugin(plugin: ExtractPlugin, batch_size: int, channels_last: bool | None = None
+                  ) -> bool | None:
+    """Run a random batch through the plugin's ``process`` to warm it up.
+
+    With ``channels_last`` None, a channels-first batch is tried first and a channels-last one
+    if that fails.
+
+    Returns
+    -------
+    True if the plugin took channels-last input, False for channels-first, None if neither
+    worked.
+    """
+    orders = [False, True] if channels_last is None else [channels_last]
+    for order in orders:
+        try:
+            plugin.process(random_input_from_plugin(plugin, batch_size, order))
+        except Exception as err:  # noqa: BLE001 (a failed layout is an answer, not an error)
+            logger.debug("Warm-up of '%s' with channels_last=%s failed: %s", plugin.name,
+                         order, err)
+            continue
+        return order
+    return None
+
+
+def compile_models(plugin: ExtractPlugin, modules: list[torch.nn.Module]) -> None:
+    """Compile, in place, the torch modules of a plugin with ``torch.compile``."""
+    for module in modules:
+        logger.debug("Compiling %s of plugin '%s'", type(module).__name__, plugin.name)
+        module.compile()

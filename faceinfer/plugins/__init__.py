@@ -1,0 +1,21 @@
+"""Built-in plugins, one per file under ``plugins/<stage>/<name>.py``.
+
+Importing :func:`load_builtin` registers them. Test plugins (names starting ``test-``) are
+built in too, so the engine can be exercised anywhere, but they are hidden from listings.
+"""
+from __future__ import annotations
+
+import importlib
+
+_BUILTIN = (
+    "faceinfer.plugins.detect.testing",
+    "faceinfer.plugins.align.testing",
+    "faceinfer.plugins.mask.testing",
+    "faceinfer.plugins.identity.testing",
+)
+
+
+def load_builtin() -> None:
+    """Import every built-in plugin module, which registers its plugins."""
+    for module in _BUILTIN:
+        importlib.import_module(module)
