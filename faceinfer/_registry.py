@@ -120,6 +120,6 @@ def get_plugin(plugin_type: PluginType, name: str) -> type[ExtractPlugin]:
     _ensure_loaded()
     found = _REGISTRY[kind].get(name)
     if found is None:
-        names = ", ".join(list_plugins(kind)) or "none"
+        names = ", ".join(list_plugins(kind, include_test=name.startswith(TEST_PREFIX))) or "none"
         raise PluginError(f"expected a {kind} plugin in ({names}), got '{name}'")
     return found

@@ -14,7 +14,7 @@ import numpy as np
 
 from faceinfer.align import Align
 from faceinfer.detect import Detect
-from faceinfer.errors import FaceInferError
+from faceinfer.errors import FaceInferError, PipelineClosedError
 from faceinfer.identity import Identity
 from faceinfer.mask import Mask
 from faceinfer.objects import FrameFaces, frame_faces_to_alignment
@@ -91,9 +91,11 @@ def run_demo(video: str, output: str) -> int:
                 handle.write(json.dumps(entry) + "\n")
                 if frames <= _SAVED_FRAMES:
                     cv2.imwrite(str(out_dir / f"{media.filename}.png"), _draw(media))
+        except PipelineClosedError:
+            reader_errors.re_raise()  # the reader closed the pipeline: its error says why
+            raise
         finally:
             feeder.join()
-        reader_errors.re_raise()
     elapsed = time.perf_counter() - start
     print(f"Frames: {frames}, blobs found: {faces}, {frames / max(elapsed, 1e-9):.1f} frames/s")
     print(f"Results: {records} (one line per frame) and the first {_SAVED_FRAMES} frames drawn "

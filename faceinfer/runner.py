@@ -410,6 +410,8 @@ class ExtractRunner(Generic[HandlerT]):
 
     def _send(self, item: FrameFaces | ExtractSignal) -> None:
         pipeline = self._ready_pipeline()
+        if pipeline.error_state.cancelled or any(s.has_error for s in pipeline.external_states):
+            pipeline.raise_error()
         with pipeline.lock:
             if pipeline.stopped:
                 what = "a frame" if isinstance(item, FrameFaces) else item.name
