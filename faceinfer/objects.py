@@ -396,8 +396,8 @@ class ExtractBatch:
         if len(media.bboxes):
             batch.bboxes = media.bboxes
             batch.frame_ids = np.zeros(len(media.bboxes), dtype=np.int32)
-            batch.aligned = media.aligned
-            batch.masks = dict(media.masks)
+            batch.aligned = media.aligned.select(slice(None))
+            batch.masks = {k: v.select(slice(None)) for k, v in media.masks.items()}
             batch.identities = dict(media.identities)
         return batch
 
@@ -689,7 +689,7 @@ class FrameFaces:
         self.frame_size = frame_size
         """The (height, width) of the frame an aligned face came from, or None."""
         count = len(self.bboxes)
-        if len(self.aligned) not in (0, count):
+        if self.aligned.landmarks is not None and len(self.aligned) != count:
             raise ValueError(f"expected landmarks for {count} faces, got {len(self.aligned)}")
         for key, value in self.identities.items():
             if len(value) != count:

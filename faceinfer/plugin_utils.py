@@ -46,14 +46,13 @@ def get_torch_modules(obj: Any, mod: str | None = None, seen: set[int] | None = 
     if isinstance(obj, torch.nn.Module):
         results.append(obj)
         return results
-    if mod is None:
-        mod = type(obj).__module__.split(".")[0]
     children: list[Any]
     if isinstance(obj, list | tuple | set):
         children = list(obj)
     elif isinstance(obj, dict):
         children = list(obj.values())
-    elif type(obj).__module__.split(".")[0] == mod and hasattr(obj, "__dict__"):
+    elif mod in (None, type(obj).__module__.split(".")[0]) and hasattr(obj, "__dict__"):
+        mod = type(obj).__module__.split(".")[0]
         children = list(vars(obj).values())
     else:
         return results
