@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from faceinfer.errors import ConfigError, PluginError
-from faceinfer.handler import ExtractHandler, HandlerType, format_images
+from faceinfer.handler import ExtractHandler, HandlerType, format_images, shrink_interpolation
 from faceinfer.objects import ExtractBatch, ExtractBatchAligned
 from faceinfer.plugins.base import AlignPlugin
 
@@ -77,22 +77,22 @@ class Align(ExtractHandler):
             raise PluginError(f"aligner '{self.plugin_name}' must return one non-empty square "
                               f"region per face, got {roi.tolist()}")
         feed = np.zeros((batch.num_faces, size, size, 3), dtype=np.uint8)
-        for index, (frame_id, (left, top, right, bottom)) in enumerate(
-                zip(batch.frame_ids.tolist(), roi.tolist(), strict=True)):
-            image = batch.images[frame_id]
-            height, width = image.shape[:2]
-            side = right - left
-            x0, y0 = max(left, 0), max(top, 0)
-            x1, y1 = min(right, width), min(bottom, height)
-            if x1 <= x0 or y1 <= y0:
-                continue
-            dx0, dy0 = round((x0 - left) * size / side), round((y0 - top) * size / side)
-            dx1, dy1 = round((x1 - left) * size / side), round((y1 - top) * size / side)
-            if dx1 <= dx0 or dy1 <= dy0:
-                continue
-            interp = cv2.INTER_CUBIC if size > side else cv2.INTER_AREA
-            cv2.resize(image[y0:y1, x0:x1], (dx1 - dx0, dy1 - dy0),
-                       dst=feed[index, dy0:dy1, dx0:dx1], interpolation=interp)
+        shrink = shrink_interpolation(self.plugin)
+        frame_sizes = np.array([i.shape[1::-1] for i in batch.images], dtype=np.int64
+                               ).reshape(-1, 2)[batch.frame_ids]  # (N, 2) width, height
+        # The part of each region inside its frame, and where it lands in the crop.
+        source = np.concatenate([np.maximum(roi[:, :2], 0),
+                                 np.minimum(roi[:, 2:], frame_sizes)], axis=1)
+        scale = size / sides[:, :1].astype(np.float64)
+        target = np.rint((source - np.tile(roi[:, :2], 2)) * scale).astype(np.int64)
+        usable = np.all((source[:, 2:] > source[:, :2]) & (target[:, 2:] > target[:, :2]), axis=1)
+        for index in np.flatnonzero(usable).tolist():
+            x0, y0, x1, y1 = source[index].tolist()
+            dx0, dy0, dx1, dy1 = target[index].tolist()
+            interp = cv2.INTER_CUBIC if size > sides[index, 0] else shrink
+            cv2.resize(batch.images[batch.frame_ids[index]][y0:y1, x0:x1],
+                       (dx1 - dx0, dy1 - dy0), dst=feed[index, dy0:dy1, dx0:dx1],
+                       interpolation=interp)
         matrices = np.zeros((batch.num_faces, 3, 3), dtype=np.float32)
         matrices[:, 0, 0] = matrices[:, 1, 1] = sides[:, 0]
         matrices[:, :2, 2] = roi[:, :2]

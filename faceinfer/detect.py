@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from faceinfer.errors import ConfigError, PluginError
-from faceinfer.handler import ExtractHandler, HandlerType, format_images
+from faceinfer.handler import ExtractHandler, HandlerType, format_images, shrink_interpolation
 from faceinfer.objects import ExtractBatch
 from faceinfer.plugins.base import DetectPlugin
 
@@ -85,13 +85,14 @@ class Detect(ExtractHandler):
         size = self.plugin.input_size
         feed = np.zeros((batch.num_frames, size, size, 3), dtype=np.uint8)
         matrices = np.zeros((batch.num_frames, 3, 3), dtype=np.float32)
+        shrink = shrink_interpolation(self.plugin)
         for index, image in enumerate(batch.images):
             height, width = image.shape[:2]
             scale = size / max(height, width)
             new_w = min(size, max(1, round(width * scale)))
             new_h = min(size, max(1, round(height * scale)))
             pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-            interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+            interp = shrink if scale < 1.0 else cv2.INTER_CUBIC
             cv2.resize(image, (new_w, new_h), dst=feed[index, pad_y:pad_y + new_h,
                                                        pad_x:pad_x + new_w],
                        interpolation=interp)

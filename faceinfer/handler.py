@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -20,6 +21,7 @@ from faceinfer.config import resolve_config
 from faceinfer.device import resolve_device
 from faceinfer.errors import OOM_MESSAGE, FaceswapError, OutOfMemoryError, PluginError
 from faceinfer.geometry.constants import EXTRACT_RATIOS, LandmarkType
+from faceinfer.geometry.crop import box_crop_matrices, warp_faces
 from faceinfer.objects import ExtractBatch
 from faceinfer.plugins.base import (
     ExtractPlugin,
@@ -98,6 +100,11 @@ def format_images(images: npt.NDArray[np.uint8], plugin: ExtractPlugin) -> np.nd
         if low:
             out += out.dtype.type(low)
     return out
+
+
+def shrink_interpolation(plugin: ExtractPlugin) -> int:
+    """The OpenCV interpolation flag for shrinking images for ``plugin``, per its spec."""
+    return int(cv2.INTER_AREA if plugin.resample == "area" else cv2.INTER_LINEAR)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -271,12 +278,11 @@ class ExtractHandlerFace(ExtractHandler):
     def face_matrices(self, batch: ExtractBatch) -> npt.NDArray[np.float32]:
         """(N, 3, 3) frame -> normalized crop matrices for the batch's faces at the plugin's
         centering."""
-        from faceinfer.geometry.crop import box_crop_matrices  # noqa: PLC0415
-
         points = batch.aligned.landmarks
         if points is not None and len(points):
-            boxes = np.concatenate([points[..., :2].min(axis=1), points[..., :2].max(axis=1)],
-                                   axis=1)
+            xs, ys = points[..., 0], points[..., 1]  # reducing contiguous planes is far faster
+            boxes = np.stack([xs.min(axis=1), ys.min(axis=1), xs.max(axis=1), ys.max(axis=1)],
+                             axis=1)
         else:
             boxes = batch.bboxes.astype(np.float32)
         return box_crop_matrices(boxes, EXTRACT_RATIOS[self.plugin.centering])
@@ -284,16 +290,13 @@ class ExtractHandlerFace(ExtractHandler):
     def face_images(self, batch: ExtractBatch, matrices: npt.NDArray[np.float32]
                     ) -> npt.NDArray[np.uint8]:
         """(N, S, S, 3) uint8 BGR crops of the batch's faces at the plugin's input size."""
-        from faceinfer.geometry.crop import warp_faces  # noqa: PLC0415
-
         if batch.is_aligned:
-            import cv2  # noqa: PLC0415
-
             size = self.plugin.input_size
             return np.stack([cv2.resize(batch.images[i], (size, size),
                                         interpolation=cv2.INTER_AREA)
                              for i in batch.frame_ids.tolist()]).astype(np.uint8)
-        return warp_faces(batch.images, batch.frame_ids, matrices, self.plugin.input_size)
+        return warp_faces(batch.images, batch.frame_ids, matrices, self.plugin.input_size,
+                          shrink_interpolation(self.plugin))
 
     def frame_sizes(self, batch: ExtractBatch) -> npt.NDArray[np.int64]:
         """(N, 2) the (height, width) of each face's frame."""

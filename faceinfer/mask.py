@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 
 from faceinfer.errors import ConfigError, PluginError
@@ -54,9 +55,13 @@ class Mask(ExtractHandlerFace):
             raise PluginError(f"mask plugin '{self.plugin_name}' must return (N, S, S) masks for "
                               f"{batch.num_faces} faces, got {masks.shape}")
         size = masks.shape[1]
+        # Scale to 0..255 with rounding and saturation in one pass (OpenCV takes 2D arrays).
+        stored = np.asarray(cv2.convertScaleAbs(np.maximum(masks, 0.0).reshape(-1, size),
+                                                alpha=255.0), dtype=np.uint8).reshape(masks.shape)
         if not batch.is_aligned:
-            masks = masks * inside_frame(batch.matrices, size, self.frame_sizes(batch))
-        stored = np.rint(np.clip(masks, 0.0, 1.0) * 255.0).astype(np.uint8)
+            outside = ~inside_frame(batch.matrices, size, self.frame_sizes(batch))
+            if outside.any():
+                stored[outside] = 0
         batch.masks[self.storage_name] = ExtractBatchMask(
             self.plugin.centering.value, batch.matrices.copy(),
             self.storage_size, stored)

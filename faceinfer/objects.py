@@ -97,8 +97,12 @@ class ExtractBatchMask:
     def select(self, index: slice | npt.NDArray[np.bool_] | npt.NDArray[np.intp]
                ) -> ExtractBatchMask:
         """A new object holding the masks at the given index (slice, boolean or integer array)."""
-        masks = self.masks[index] if self.masks.size else self.masks
-        return ExtractBatchMask(self.centering, self.matrices[index], self.storage_size, masks)
+        out = object.__new__(ExtractBatchMask)  # a part of valid data is valid: skip the checks
+        out.centering = self.centering
+        out.matrices = self.matrices[index]
+        out.storage_size = self.storage_size
+        out.masks = self.masks[index] if self.masks.size else self.masks
+        return out
 
     def append(self, mask_batch: ExtractBatchMask) -> None:
         """Append the masks of another batch made by the same plugin."""
@@ -167,9 +171,10 @@ class ExtractBatchAligned:
     def select(self, index: slice | npt.NDArray[np.bool_] | npt.NDArray[np.intp]
                ) -> ExtractBatchAligned:
         """A new object holding the faces at the given index."""
-        if self.landmarks is None:
-            return ExtractBatchAligned(None, self.landmark_type)
-        return ExtractBatchAligned(self.landmarks[index], self.landmark_type)
+        out = object.__new__(ExtractBatchAligned)  # a part of valid data is valid: skip the checks
+        out.landmarks = None if self.landmarks is None else self.landmarks[index]
+        out.landmark_type = self.landmark_type
+        return out
 
     def append(self, batch: ExtractBatchAligned) -> None:
         """Append the landmarks of another batch with the same landmark type."""
@@ -582,8 +587,6 @@ class ExtractBatch:
             media = FrameFaces(
                 self.filenames[index], self.images[index],
                 bboxes=self.bboxes[faces],
-                landmarks=None if self.aligned.landmarks is None
-                else self.aligned.landmarks[faces],
                 identities={k: v[faces] for k, v in self.identities.items()},
                 masks={k: v.select(faces) for k, v in self.masks.items()},
                 source=self.sources[index], is_aligned=self.is_aligned,
@@ -591,8 +594,7 @@ class ExtractBatch:
                 else self.frame_metadata[index],
                 passthrough=self.passthrough,
                 frame_size=None if self.frame_sizes is None else self.frame_sizes[index])
-            if media.aligned.landmarks is not None:
-                media.aligned.landmark_type = self.aligned.landmark_type
+            media.aligned = self.aligned.select(faces)
             out.append(media)
             start = end
         return out

@@ -186,8 +186,10 @@ class ExtractRunner(Generic[HandlerT]):
         self._threads = PluginThreads(self._handler.plugin_name, pipeline.error_state)
         self._out_queue = CancellableQueue(QUEUE_SIZE)
         if self._handler.processors:
-            self._in_queue = (CancellableQueue(QUEUE_SIZE) if input_runner is None
-                              else input_runner.out_queue)
+            # The first queue holds single frames: room for a batch of them lets the caller
+            # run ahead instead of waking the first thread once per frame.
+            self._in_queue = (CancellableQueue(max(QUEUE_SIZE, self._handler.batch_size))
+                              if input_runner is None else input_runner.out_queue)
             for processor in self._handler.processors[1:]:
                 self._stage_queues[processor] = CancellableQueue(QUEUE_SIZE)
         else:

@@ -2,6 +2,8 @@
 
 Conventions: points are (x, y) in pixels with pixel centres at integer coordinates; a matrix
 named ``a_to_b`` is 3x3 and maps homogeneous (x, y, 1) column vectors from space a to space b.
+Normalized crop coordinates are crop pixels divided by the crop's side: the centre of crop pixel
+i lies at i / size, so a crop of any size covers [0, 1) of the same face.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ def box_crop_matrices(bboxes: npt.NDArray[np.floating | np.integer], padding: fl
 
 
 def warp_faces(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
-               frame_to_normalized: npt.NDArray[np.float32], size: int
-               ) -> npt.NDArray[np.uint8]:
+               frame_to_normalized: npt.NDArray[np.float32], size: int,
+               shrink: int = cv2.INTER_AREA) -> npt.NDArray[np.uint8]:
     """Cut (N, size, size, C) crops out of frames. Outside the frame is black.
 
     Parameters
@@ -55,15 +57,18 @@ def warp_faces(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
         (N, 3, 3) matrices from frame pixels to the normalized crop [0, 1] x [0, 1].
     size:
         The side of the output crops in pixels.
+    shrink:
+        The OpenCV interpolation for crops smaller than their source (enlarged crops use
+        bilinear).
     """
     channels = images[0].shape[2] if images else 3
     out = np.zeros((len(frame_ids), size, size, channels), dtype=np.uint8)
-    to_pixels = np.diag([float(size), float(size), 1.0])
-    for index, (frame_id, matrix) in enumerate(zip(frame_ids.tolist(), frame_to_normalized,
-                                                   strict=True)):
-        affine = (to_pixels @ matrix.astype(np.float64))[:2]
-        scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
-        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    affines = frame_to_normalized[:, :2].astype(np.float64) * size
+    scales = np.sqrt(np.abs(np.linalg.det(affines[:, :, :2]))) if len(affines) else affines
+    for index, (frame_id, affine, scale) in enumerate(zip(frame_ids.tolist(), affines,
+                                                          np.asarray(scales).tolist(),
+                                                          strict=True)):
+        interp = shrink if scale < 1.0 else cv2.INTER_LINEAR
         cv2.warpAffine(images[frame_id], affine, (size, size), dst=out[index], flags=interp,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
@@ -83,15 +88,23 @@ def inside_frame(frame_to_normalized: npt.NDArray[np.float32], size: int,
         (N, 2) the (height, width) of each face's frame.
     """
     count = len(frame_to_normalized)
+    out = np.ones((count, size, size), dtype=np.bool_)
     if count == 0:
-        return np.zeros((0, size, size), dtype=np.bool_)
-    grid = (np.arange(size, dtype=np.float64) + 0.5) / size
-    xs, ys = np.meshgrid(grid, grid)
-    points = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])  # (3, S*S)
+        return out
     to_frame = np.linalg.inv(frame_to_normalized.astype(np.float64))  # (N, 3, 3)
-    frame_points = to_frame @ points  # (N, 3, S*S)
     heights = np.asarray(frame_sizes, dtype=np.float64)[:, 0:1]
     widths = np.asarray(frame_sizes, dtype=np.float64)[:, 1:2]
+    corners = to_frame @ np.array([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0] * 4])
+    crossing = ~np.all((corners[:, 0] >= -0.5) & (corners[:, 0] < widths - 0.5)
+                       & (corners[:, 1] >= -0.5) & (corners[:, 1] < heights - 0.5), axis=1)
+    if not crossing.any():  # every crop lies inside its frame (the usual case)
+        return out
+    to_frame, heights, widths = to_frame[crossing], heights[crossing], widths[crossing]
+    grid = np.arange(size, dtype=np.float64) / size  # crop pixel centres, as warp_faces maps
+    xs, ys = np.meshgrid(grid, grid)
+    points = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])  # (3, S*S)
+    frame_points = to_frame @ points  # (M, 3, S*S)
     inside = ((frame_points[:, 0] >= -0.5) & (frame_points[:, 0] < widths - 0.5)
               & (frame_points[:, 1] >= -0.5) & (frame_points[:, 1] < heights - 0.5))
-    return inside.reshape(count, size, size)
+    out[crossing] = inside.reshape(-1, size, size)
+    return out

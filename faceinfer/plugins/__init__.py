@@ -9,9 +9,13 @@ import importlib
 
 _BUILTIN = (
     "faceinfer.plugins.detect.testing",
+    "faceinfer.plugins.detect.noop",
     "faceinfer.plugins.align.testing",
+    "faceinfer.plugins.align.noop",
     "faceinfer.plugins.mask.testing",
+    "faceinfer.plugins.mask.noop",
     "faceinfer.plugins.identity.testing",
+    "faceinfer.plugins.identity.noop",
 )
 
 

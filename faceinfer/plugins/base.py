@@ -22,6 +22,7 @@ from faceinfer.geometry.constants import Centering, LandmarkType
 PluginType = Literal["detect", "align", "mask", "identity"]
 PLUGIN_TYPES: tuple[PluginType, ...] = ("detect", "align", "mask", "identity")
 DType = Literal["uint8", "float16", "float32"]
+Resample = Literal["area", "linear"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class PluginSpec:
     """The (low, high) range that uint8 0..255 is mapped to."""
     force_cpu: bool
     """True if the plugin always runs on the CPU."""
+    resample: Resample = "area"
+    """How the stage shrinks images for the plugin: ``area`` (pixel-area averaging, no
+    aliasing) or ``linear`` (bilinear, several times faster, aliases fine detail)."""
     landmark_type: LandmarkType | None = None
     """For aligners: the landmark layout they output."""
     centering: Centering | None = None
@@ -113,6 +117,8 @@ class ExtractPlugin(ABC):
     """Speed class for listings: fast, medium or slow (on a CPU)."""
     config_class: ClassVar[type[PluginConfig]] = PluginConfig
     """The plugin's config dataclass."""
+    resample: ClassVar[Resample] = "area"
+    """How the stage shrinks images for this plugin (see :class:`PluginSpec`)."""
     weights: ClassVar[str | None] = None
     """Where the weights come from, or None."""
     weights_sha256: ClassVar[str | None] = None
@@ -156,7 +162,7 @@ class ExtractPlugin(ABC):
     def spec(self) -> PluginSpec:
         """The plugin's frozen declaration."""
         return PluginSpec(self.input_size, self.batch_size, self.is_rgb, self.dtype, self.scale,
-                          self.force_cpu, weights=self.weights,
+                          self.force_cpu, self.resample, weights=self.weights,
                           weights_sha256=self.weights_sha256, **self._extra_spec())
 
     def _extra_spec(self) -> dict[str, Any]:

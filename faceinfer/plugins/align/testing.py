@@ -32,6 +32,7 @@ class LandmarksConfig(TestPluginConfig, PluginConfig):
 class LandmarksAligner(AlignPlugin):
     """Returns the same 68-point pattern for every face, placed in its square region."""
 
+    resample = "linear"  # a test plugin needs no anti-aliasing: keep the engine cheap
     description = "Test aligner: a fixed 68-point pattern (for engine tests)"
     config_class = LandmarksConfig
 

@@ -30,6 +30,7 @@ class BlobsConfig(TestPluginConfig, PluginConfig):
 class BlobsDetector(DetectPlugin):
     """Finds connected regions of bright pixels; each region's bounding box is a 'face'."""
 
+    resample = "linear"  # a test plugin needs no anti-aliasing: keep the engine cheap
     description = "Test detector: boxes of bright blobs (for engine tests, not faces)"
     config_class = BlobsConfig
 
@@ -51,7 +52,11 @@ class BlobsDetector(DetectPlugin):
     def process(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8: 1 where all channels reach the threshold."""
         self._fail("process")
-        return np.asarray(np.all(batch >= self.settings.threshold, axis=-1), dtype=np.uint8)
+        low = (self.settings.threshold,) * 3
+        out = np.zeros(batch.shape[:3], dtype=np.uint8)
+        for index, image in enumerate(batch):
+            cv2.inRange(image, low, (255, 255, 255), dst=out[index])
+        return out // 255
 
     def post_process(self, batch: np.ndarray) -> list[npt.NDArray[np.float32]]:
         """One (M, 4) array of blob boxes (left, top, right, bottom) per frame, in raster

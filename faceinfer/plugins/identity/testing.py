@@ -27,6 +27,7 @@ class IdentityConfig(TestPluginConfig, PluginConfig):
 class ColourLayoutIdentity(IdentityPlugin):
     """Embeds a face as its 4x4 grid of mean colours, L2-normalised (48 values)."""
 
+    resample = "linear"  # a test plugin needs no anti-aliasing: keep the engine cheap
     description = "Test identity: 4x4 mean-colour layout (for engine tests)"
     config_class = IdentityConfig
 

@@ -25,6 +25,7 @@ class MaskConfig(TestPluginConfig, PluginConfig):
 class BrightMask(MaskPlugin):
     """Masks the pixels of the face crop brighter than half scale."""
 
+    resample = "linear"  # a test plugin needs no anti-aliasing: keep the engine cheap
     description = "Test mask: bright pixels of the crop (for engine tests)"
     config_class = MaskConfig
 
