@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/faceinfer demo -i $(SHARED)/data/faceswap_samples/test.mp4 -o demo_output
 
 lint: $(STAMP)
-	$(BIN)/ruff check faceinfer tests bench tools
+	$(BIN)/ruff check faceinfer tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
