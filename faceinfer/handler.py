@@ -20,8 +20,9 @@ from faceinfer._registry import get_plugin, list_plugins, register_plugin
 from faceinfer.config import resolve_config
 from faceinfer.device import resolve_device
 from faceinfer.errors import OOM_MESSAGE, FaceswapError, OutOfMemoryError, PluginError
+from faceinfer.geometry.aligned import aligned_matrices, warp_aligned
 from faceinfer.geometry.constants import EXTRACT_RATIOS, LandmarkType
-from faceinfer.geometry.crop import box_crop_matrices, warp_faces
+from faceinfer.geometry.crop import box_crop_matrices
 from faceinfer.objects import ExtractBatch
 from faceinfer.plugins.base import (
     ExtractPlugin,
@@ -276,16 +277,21 @@ class ExtractHandlerFace(ExtractHandler):
         """The name the plugin's output is stored under."""
 
     def face_matrices(self, batch: ExtractBatch) -> npt.NDArray[np.float32]:
-        """(N, 3, 3) frame -> normalized crop matrices for the batch's faces at the plugin's
-        centering."""
-        points = batch.aligned.landmarks
-        if points is not None and len(points):
-            xs, ys = points[..., 0], points[..., 1]  # reducing contiguous planes is far faster
-            boxes = np.stack([xs.min(axis=1), ys.min(axis=1), xs.max(axis=1), ys.max(axis=1)],
-                             axis=1)
-        else:
-            boxes = batch.bboxes.astype(np.float32)
-        return box_crop_matrices(boxes, EXTRACT_RATIOS[self.plugin.centering])
+        """(N, 3, 3) ``frame_to_crop``: frame pixels to the normalized plugin crop, which covers
+        [0, 1] x [0, 1] (crop pixel i at i / input_size).
+
+        Faces with 2D landmarks are aligned to the mean face at the plugin's centering and input
+        size, padding included. Faces without landmarks get a square crop around their box,
+        padded by the centering's ratio."""
+        aligned = batch.aligned
+        if aligned.landmarks is None or aligned.landmark_type == LandmarkType.LM_3D_26:
+            return box_crop_matrices(batch.bboxes.astype(np.float32),
+                                     EXTRACT_RATIOS[self.plugin.centering])
+        size = self.plugin.input_size
+        centering = self.plugin.centering
+        out = aligned_matrices(aligned.matrices, size, centering, aligned.offsets(centering))
+        out[:, :2] /= size
+        return out.astype(np.float32)
 
     def face_images(self, batch: ExtractBatch, matrices: npt.NDArray[np.float32]
                     ) -> npt.NDArray[np.uint8]:
@@ -295,8 +301,10 @@ class ExtractHandlerFace(ExtractHandler):
             return np.stack([cv2.resize(batch.images[i], (size, size),
                                         interpolation=cv2.INTER_AREA)
                              for i in batch.frame_ids.tolist()]).astype(np.uint8)
-        return warp_faces(batch.images, batch.frame_ids, matrices, self.plugin.input_size,
-                          shrink_interpolation(self.plugin))
+        size = self.plugin.input_size
+        to_pixels = np.diag([float(size), float(size), 1.0])
+        return warp_aligned(batch.images, batch.frame_ids, to_pixels @ matrices, size,
+                            shrink_interpolation(self.plugin))
 
     def frame_sizes(self, batch: ExtractBatch) -> npt.NDArray[np.int64]:
         """(N, 2) the (height, width) of each face's frame."""

@@ -20,13 +20,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from faceinfer.aligned_batch import ExtractBatchAligned, as_boolean
 from faceinfer.formats.types import MaskAlignments, PNGAlignments, PNGSource
 from faceinfer.geometry.constants import CenteringType, LandmarkType
 
+__all__ = ["DetectedFace", "ExtractBatch", "ExtractBatchAligned", "ExtractBatchMask",
+           "ExtractSignal", "FrameFaces", "frame_faces_to_alignment"]
+
 _MIN_MASK_STORAGE = 64
-_MAP_98_TO_68 = np.array(
-    [*range(0, 33, 2), *range(33, 38), *range(42, 47), *range(51, 60), 60, 61, 63, 64, 65, 67,
-     68, 69, 71, 72, 73, 75, *range(76, 96)], dtype=np.int64)
 
 
 class ExtractSignal(Enum):
@@ -48,14 +49,6 @@ def _empty_ids() -> npt.NDArray[np.int32]:
 
 def _empty_masks() -> npt.NDArray[np.uint8]:
     return np.zeros((0, 0, 0), dtype=np.uint8)
-
-
-def _as_boolean(mask: npt.NDArray[np.bool_], size: int, what: str) -> npt.NDArray[np.bool_]:
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_ or mask.shape != (size,):
-        raise ValueError(f"expected a boolean mask of shape ({size},) for {what}, "
-                         f"got {mask.dtype} {mask.shape}")
-    return mask
 
 
 @dataclass
@@ -117,7 +110,7 @@ class ExtractBatchMask:
 
     def apply_mask(self, mask: npt.NDArray[np.bool_]) -> None:
         """Keep the masks where ``mask`` is True. ``mask`` has shape (num_masks,)."""
-        mask = _as_boolean(mask, len(self), "masks")
+        mask = as_boolean(mask, len(self), "masks")
         self.matrices = self.matrices[mask]
         if self.masks.size:
             self.masks = self.masks[mask]
@@ -138,84 +131,6 @@ class ExtractBatchMask:
                 "interpolator": int(cv2.INTER_LINEAR),
                 "stored_size": int(stored),
                 "stored_centering": str(self.centering)}
-
-
-@dataclass
-class ExtractBatchAligned:
-    """The landmarks of a batch of faces and, lazily, what is derived from them.
-
-    Parameters
-    ----------
-    landmarks:
-        (N, P, D) float32 landmarks in frame pixels, or None until an aligner fills them.
-    landmark_type:
-        The layout of the landmarks, or None to infer it from their shape.
-    """
-
-    landmarks: npt.NDArray[np.float32] | None = None
-    landmark_type: LandmarkType | None = None
-
-    def __post_init__(self) -> None:
-        if self.landmarks is None:
-            return
-        self.landmarks = np.asarray(self.landmarks, dtype=np.float32)
-        if self.landmarks.ndim != 3:
-            raise ValueError(f"expected landmarks of shape (N, points, dims), "
-                             f"got {self.landmarks.shape}")
-        if self.landmark_type is None:
-            self.landmark_type = LandmarkType.from_shape(self.landmarks.shape)
-
-    def __len__(self) -> int:
-        return 0 if self.landmarks is None else len(self.landmarks)
-
-    def select(self, index: slice | npt.NDArray[np.bool_] | npt.NDArray[np.intp]
-               ) -> ExtractBatchAligned:
-        """A new object holding the faces at the given index."""
-        out = object.__new__(ExtractBatchAligned)  # a part of valid data is valid: skip the checks
-        out.landmarks = None if self.landmarks is None else self.landmarks[index]
-        out.landmark_type = self.landmark_type
-        return out
-
-    def append(self, batch: ExtractBatchAligned) -> None:
-        """Append the landmarks of another batch with the same landmark type."""
-        if batch.landmarks is None and self.landmarks is None:
-            return
-        if batch.landmarks is None or self.landmarks is None:
-            raise ValueError("expected both batches to hold landmarks, or neither")
-        if batch.landmark_type != self.landmark_type:
-            raise ValueError(f"expected landmarks of type {self.landmark_type}, "
-                             f"got {batch.landmark_type}")
-        self.landmarks = np.concatenate([self.landmarks, batch.landmarks])
-
-    def apply_mask(self, mask: npt.NDArray[np.bool_]) -> None:
-        """Keep the faces where ``mask`` is True. ``mask`` has shape (num_landmarks,)."""
-        if self.landmarks is None:
-            return
-        mask = _as_boolean(mask, len(self.landmarks), "landmarks")
-        self.landmarks = self.landmarks[mask]
-
-    @property
-    def landmarks_68(self) -> npt.NDArray[np.float32]:
-        """The landmarks as (N, 68, 2): 68-point and 4-point (ROI) landmarks unchanged, 98-point
-        (WFLW) landmarks mapped to the 68-point layout.
-
-        Raises
-        ------
-        ValueError
-            If no landmarks are held, or their type has no 68-point equivalent.
-        """
-        if self.landmarks is None:
-            raise ValueError("expected landmarks to be populated, got None")
-        if self.landmark_type in (LandmarkType.LM_2D_68, LandmarkType.LM_2D_4):
-            return self.landmarks
-        if self.landmark_type == LandmarkType.LM_2D_98:
-            return self.landmarks[:, _MAP_98_TO_68]
-        raise ValueError(f"expected 4, 68 or 98 point landmarks, got {self.landmark_type}")
-
-    @property
-    def offsets_legacy(self) -> npt.NDArray[np.float32]:
-        """(N, 2) offsets from legacy centering to legacy centering: always zero."""
-        return np.zeros((len(self), 2), dtype=np.float32)
 
 
 def _concat_dicts(left: dict[str, Any], right: dict[str, Any], left_faces: int, right_faces: int,
@@ -564,7 +479,7 @@ class ExtractBatch:
     def apply_mask(self, mask: npt.NDArray[np.bool_]) -> None:
         """Keep the faces where ``mask`` is True, dropping the others and all their data. Frames
         stay, with or without faces. ``mask`` has shape (num_boxes,)."""
-        mask = _as_boolean(mask, self.num_faces, "faces")
+        mask = as_boolean(mask, self.num_faces, "faces")
         self.bboxes = self.bboxes[mask]
         self.frame_ids = self.frame_ids[mask]
         self.aligned.apply_mask(mask)

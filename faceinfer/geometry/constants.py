@@ -5,8 +5,13 @@ Figures follow the reference system's alignment conventions
 """
 from __future__ import annotations
 
+import json
 from enum import Enum, StrEnum
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 
 class LandmarkType(Enum):
@@ -71,3 +76,38 @@ EXTRACT_RATIOS: dict[str, float] = {
     Centering.HEAD: 0.625,
 }
 """Fraction of an aligned image, both sides together, that is padding around the core face box."""
+
+
+def _load_reference() -> dict[str, Any]:
+    with (Path(__file__).with_name("reference_constants.json")).open(encoding="utf-8") as handle:
+        data: dict[str, Any] = json.load(handle)
+    return data
+
+
+_REFERENCE = _load_reference()
+
+MEAN_FACE_2D_51: npt.NDArray[np.float64] = np.array(_REFERENCE["mean_face_2d_51"],
+                                                    dtype=np.float64)
+"""(51, 2) the legacy mean face: landmarks 17..67 of the 68-point layout, (x, y) normalized to
+[0, 1]. An aligned legacy face puts a face's points here."""
+MEAN_FACE_2D_4: npt.NDArray[np.float64] = np.array(_REFERENCE["mean_face_2d_4"], dtype=np.float64)
+"""(4, 2) the unit square's corners, clockwise from top-left: where 4-point ROI 'landmarks'
+go."""
+MEAN_FACE_3D_26: npt.NDArray[np.float64] = np.array(_REFERENCE["mean_face_3d_26"],
+                                                    dtype=np.float64)
+"""(26, 3) the 3D mean head used for pose, matching :data:`POSE_CORE_LANDMARKS_68`."""
+POSE_CORE_LANDMARKS_68: npt.NDArray[np.int64] = np.array(_REFERENCE["pose_core_landmarks_68"],
+                                                         dtype=np.int64)
+"""(26,) the 68-point landmark indices that correspond to :data:`MEAN_FACE_3D_26`."""
+MAP_98_TO_68: npt.NDArray[np.int64] = np.array(_REFERENCE["map_98_to_68"], dtype=np.int64)
+"""(68,) for each 68-point landmark, the index of the WFLW 98-point landmark that stands for
+it."""
+LANDMARK_PARTS_68: dict[str, tuple[int, int, bool]] = {
+    name: (int(start), int(stop), bool(closed))
+    for name, (start, stop, closed) in _REFERENCE["landmark_parts_68"].items()}
+"""Named 68-point parts: (first index, index after the last, True if the outline is closed)."""
+LANDMARK_MASK_PARTS_68: dict[str, list[tuple[int, int]]] = {
+    name: [(int(start), int(stop)) for start, stop in ranges]
+    for name, ranges in _REFERENCE["landmark_mask_parts_68"].items()}
+"""The parts of the landmark masks: each is the convex hull of the union of its index ranges
+(start, stop), stop exclusive."""

@@ -7,7 +7,6 @@ i lies at i / size, so a crop of any size covers [0, 1) of the same face.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -42,38 +41,6 @@ def box_crop_matrices(bboxes: npt.NDArray[np.floating | np.integer], padding: fl
     return out.astype(np.float32)
 
 
-def warp_faces(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
-               frame_to_normalized: npt.NDArray[np.float32], size: int,
-               shrink: int = cv2.INTER_AREA) -> npt.NDArray[np.uint8]:
-    """Cut (N, size, size, C) crops out of frames. Outside the frame is black.
-
-    Parameters
-    ----------
-    images:
-        The frames, (H, W, C) uint8.
-    frame_ids:
-        (N,) the frame of each face.
-    frame_to_normalized:
-        (N, 3, 3) matrices from frame pixels to the normalized crop [0, 1] x [0, 1].
-    size:
-        The side of the output crops in pixels.
-    shrink:
-        The OpenCV interpolation for crops smaller than their source (enlarged crops use
-        bilinear).
-    """
-    channels = images[0].shape[2] if images else 3
-    out = np.zeros((len(frame_ids), size, size, channels), dtype=np.uint8)
-    affines = frame_to_normalized[:, :2].astype(np.float64) * size
-    scales = np.sqrt(np.abs(np.linalg.det(affines[:, :, :2]))) if len(affines) else affines
-    for index, (frame_id, affine, scale) in enumerate(zip(frame_ids.tolist(), affines,
-                                                          np.asarray(scales).tolist(),
-                                                          strict=True)):
-        interp = shrink if scale < 1.0 else cv2.INTER_LINEAR
-        cv2.warpAffine(images[frame_id], affine, (size, size), dst=out[index], flags=interp,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out
-
-
 def inside_frame(frame_to_normalized: npt.NDArray[np.float32], size: int,
                  frame_sizes: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
     """(N, size, size) True where a crop pixel's centre lies inside its frame.
@@ -100,7 +67,7 @@ def inside_frame(frame_to_normalized: npt.NDArray[np.float32], size: int,
     if not crossing.any():  # every crop lies inside its frame (the usual case)
         return out
     to_frame, heights, widths = to_frame[crossing], heights[crossing], widths[crossing]
-    grid = np.arange(size, dtype=np.float64) / size  # crop pixel centres, as warp_faces maps
+    grid = np.arange(size, dtype=np.float64) / size  # crop pixel centres (pixel i at i / size)
     xs, ys = np.meshgrid(grid, grid)
     points = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])  # (3, S*S)
     frame_points = to_frame @ points  # (M, 3, S*S)

@@ -7,15 +7,18 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
+from faceinfer.geometry.constants import MEAN_FACE_2D_51
 from faceinfer.plugins._testing import FailureCounter, TestPluginConfig
 from faceinfer.plugins.base import AlignPlugin, PluginConfig
 
 
 def pattern_68() -> npt.NDArray[np.float32]:
-    """A fixed (68, 2) pattern inside [0.1, 0.9]^2: 68 points evenly spaced on an ellipse."""
-    angles = np.linspace(0.0, 2.0 * np.pi, 68, endpoint=False)
-    return np.stack([0.5 + 0.4 * np.cos(angles), 0.5 + 0.3 * np.sin(angles)],
-                    axis=1).astype(np.float32)
+    """A fixed, frontal, face-shaped (68, 2) pattern inside [0.1, 0.9]^2: the legacy mean face
+    for points 17..67 and a U-shaped jaw line under it for points 0..16."""
+    angles = np.linspace(np.pi, 0.0, 17)
+    jaw = np.stack([0.5 + 0.5 * np.cos(angles), 0.1 + 0.95 * np.sin(angles)], axis=1)
+    face = np.concatenate([jaw, MEAN_FACE_2D_51])  # x in [0, 1], y in [0.02, 1.05]
+    return (0.1 + face * 0.8 / 1.05).astype(np.float32)
 
 
 @dataclass(frozen=True)
