@@ -531,6 +531,24 @@ class DetectedFace:
     landmarks_xy: npt.NDArray[np.float32] | None = None
     identity: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     mask: dict[str, ExtractBatchMask] = field(default_factory=dict)
+    _aligned: ExtractBatchAligned | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def aligned(self) -> ExtractBatchAligned:
+        """This face's alignment as a batch of one: ``matrices``, ``landmarks_normalized``,
+        ``rotation``, offsets and so on, each with a leading axis of 1. Shared with the frame's
+        when the face came from :attr:`FrameFaces.detected_faces`.
+
+        Raises
+        ------
+        ValueError
+            If the face has no landmarks.
+        """
+        if self._aligned is None:
+            if self.landmarks_xy is None:
+                raise ValueError("expected a face with landmarks, got none")
+            self._aligned = ExtractBatchAligned(np.asarray(self.landmarks_xy)[None])
+        return self._aligned
 
     @property
     def right(self) -> int:
@@ -637,7 +655,9 @@ class FrameFaces:
                              landmarks_xy=None if points is None else points[index],
                              identity={k: v[index] for k, v in self.identities.items()},
                              mask={k: v.select(slice(index, index + 1))
-                                   for k, v in self.masks.items()})
+                                   for k, v in self.masks.items()},
+                             _aligned=None if points is None
+                             else self.aligned.select(slice(index, index + 1)))
                 for index, box in enumerate(self.bboxes)]
 
     def append(self, batch: FrameFaces) -> None:

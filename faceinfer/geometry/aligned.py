@@ -16,6 +16,8 @@ Conventions
 """
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -125,15 +127,61 @@ def _scales(matrices: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.asarray(np.sqrt(np.abs(np.linalg.det(matrices[:, :2, :2]))), dtype=np.float64)
 
 
+def _reduce(frame: np.ndarray, to_frame: npt.NDArray[np.float64], size: int, factor: int,
+            shrink: int) -> tuple[np.ndarray, npt.NDArray[np.float64]] | None:
+    """The part of ``frame`` that crops of side ``size`` read through ``to_frame`` (K, 2, 3),
+    reduced by ``factor`` in whole blocks of the frame's own block grid (so the result does not
+    depend on which faces share the call), and the crops' matrices into it. Blocks that cross
+    the frame's edge are completed with black. None if the crops read nothing of the frame."""
+    height, width = frame.shape[:2]
+    corners = to_frame @ np.array([[0.0, size - 1.0, 0.0, size - 1.0],
+                                   [0.0, 0.0, size - 1.0, size - 1.0], [1.0, 1.0, 1.0, 1.0]])
+    margin = 3 * factor  # room for the bicubic kernel on the reduced grid
+    low = np.floor((corners.min(axis=(0, 2)) - margin) / factor).astype(np.int64) * factor
+    high = np.ceil((corners.max(axis=(0, 2)) + margin) / factor).astype(np.int64) * factor
+    x0, y0 = max(int(low[0]), 0), max(int(low[1]), 0)
+    x1, y1 = min(int(high[0]), -(-width // factor) * factor), min(
+        int(high[1]), -(-height // factor) * factor)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    region = frame[y0:min(y1, height), x0:min(x1, width)]
+    if region.shape[0] != y1 - y0 or region.shape[1] != x1 - x0:
+        region = cv2.copyMakeBorder(region, 0, y1 - y0 - region.shape[0], 0,
+                                    x1 - x0 - region.shape[1], cv2.BORDER_CONSTANT, value=0)
+    reduced = cv2.resize(region, ((x1 - x0) // factor, (y1 - y0) // factor),
+                         interpolation=shrink)
+    # Frame pixel centre p lands on (p - origin + 0.5) / factor - 0.5 in the reduced copy.
+    out = to_frame / factor
+    out[:, 0, 2] += (0.5 - x0) / factor - 0.5
+    out[:, 1, 2] += (0.5 - y0) / factor - 0.5
+    return reduced, out
+
+
+def _sampling_maps(to_frame: npt.NDArray[np.float64], size: int
+                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``cv2.remap`` maps (size, K * size) for K crops of side ``size``, side by side: the frame
+    (x, y) that each crop pixel samples, through the (K, 2, 3) aligned -> frame matrices."""
+    count = len(to_frame)
+    c = to_frame.astype(np.float32)
+    across = np.arange(size, dtype=np.float32)[None, None, :]
+    down = np.arange(size, dtype=np.float32)[:, None, None]
+    map_x = c[None, :, 0, 0, None] * across + c[None, :, 0, 1, None] * down
+    map_x += c[None, :, 0, 2, None]
+    map_y = c[None, :, 1, 0, None] * across + c[None, :, 1, 1, None] * down
+    map_y += c[None, :, 1, 2, None]
+    return map_x.reshape(size, count * size), map_y.reshape(size, count * size)
+
+
 def warp_aligned(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
                  frame_to_aligned: npt.NDArray[np.floating], size: int,
                  shrink: int = cv2.INTER_AREA) -> npt.NDArray[np.uint8]:
     """Warp (N, size, size, C) aligned faces out of their frames. Outside the frame is black.
 
-    All faces of a frame that need the same source resolution and sampling come from one
-    ``cv2.remap`` call. A face shrunk by more than 2x is sampled from a copy of its frame
-    reduced by a power of two (with ``shrink``, pixel-area averaging by default), so it does not
-    alias; the last step uses bicubic sampling. Enlarged faces use bilinear sampling.
+    All faces of a frame read at full resolution with the same sampling come from one
+    ``cv2.remap`` call. A face shrunk by more than 2x is sampled from a copy of the part of its
+    frame it reads, reduced by a power of two (with ``shrink``, pixel-area averaging by
+    default), so it does not alias; the last step uses bicubic sampling. Enlarged faces use
+    bilinear sampling.
 
     Parameters
     ----------
@@ -146,7 +194,9 @@ def warp_aligned(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
     size:
         The aligned images' side.
     shrink:
-        OpenCV interpolation for reducing frames: INTER_AREA (default) or INTER_LINEAR.
+        INTER_AREA (default): faces shrunk by more than 2x are sampled from an area-averaged
+        reduction, without aliasing. INTER_LINEAR: always sample the frame directly (faster,
+        aliases fine detail when shrinking a lot).
     """
     matrices = np.asarray(frame_to_aligned, dtype=np.float64)
     ids = np.asarray(frame_ids, dtype=np.int64)
@@ -155,42 +205,45 @@ def warp_aligned(images: list[np.ndarray], frame_ids: npt.NDArray[np.integer],
     if not len(ids):
         return out
     scales = _scales(matrices)
-    # Power-of-two reduction level of the source for each face: 0 keeps the frame.
-    levels = np.where(scales < 0.5, np.floor(np.log2(1.0 / np.maximum(scales, 1e-12))), 0)
-    levels = levels.astype(np.int64)
+    # Power-of-two reduction level of the source for each face: 0 keeps the frame. Only
+    # area averaging is anti-aliased; the fast (linear) mode samples the frame directly.
+    reduce = shrink == cv2.INTER_AREA
+    levels = np.where(reduce & (scales < 0.5),
+                      np.floor(np.log2(1.0 / np.maximum(scales, 1e-12))), 0).astype(np.int64)
     # Where each aligned pixel centre comes from, in frame pixels.
-    to_frame = np.linalg.inv(matrices)[:, :2]  # (N, 2, 3) aligned pixel -> frame pixel
-    across = np.arange(size, dtype=np.float32)[None, None, :]
-    down = np.arange(size, dtype=np.float32)[:, None, None]
-    cubic = scales < 1.0  # shrinking ends with bicubic sampling, enlarging uses bilinear
+    to_frame = np.asarray(np.linalg.inv(matrices)[:, :2], dtype=np.float64)  # aligned -> frame
+    # Shrinking ends with bicubic sampling when anti-aliasing, enlarging uses bilinear.
+    cubic = reduce & (scales < 1.0)
     order = np.lexsort((cubic, levels, ids))
     keys = np.stack([ids[order], levels[order], cubic[order]], axis=1)
     breaks = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
     per_call = max(1, (_REMAP_LIMIT - 1) // size)  # OpenCV's remap takes < 32767 columns
-    groups = [chunk for group in np.split(order, breaks)
-              for chunk in np.split(group, range(per_call, len(group), per_call))]
-    for group in groups:
-        frame_id, level = int(ids[group[0]]), int(levels[group[0]])
-        source = images[frame_id]
-        coefficients = to_frame[group]
-        interp = cv2.INTER_CUBIC if cubic[group[0]] else cv2.INTER_LINEAR
-        if level:
-            factor = 2 ** level
-            height, width = source.shape[:2]
-            new_w, new_h = max(1, round(width / factor)), max(1, round(height / factor))
-            source = cv2.resize(source, (new_w, new_h), interpolation=shrink)
-            # Frame pixel centre p lands on (p + 0.5) * s - 0.5 in the reduced copy.
-            shrunk = np.array([new_w / width, new_h / height])[None, :, None]
-            coefficients = coefficients * shrunk
-            coefficients[:, :, 2] += 0.5 * shrunk[:, :, 0] - 0.5
-        count = len(group)
-        # Sampling maps in strip layout (size, count * size): face k fills columns k*size...
-        c = coefficients.astype(np.float32)[None]  # (1, count, 2, 3)
-        map_x = (c[..., 0, 0, None] * across + c[..., 0, 1, None] * down
-                 + c[..., 0, 2, None]).reshape(size, count * size)
-        map_y = (c[..., 1, 0, None] * across + c[..., 1, 1, None] * down
-                 + c[..., 1, 2, None]).reshape(size, count * size)
-        strip = cv2.remap(source, map_x, map_y, interp, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=0)
-        out[group] = strip.reshape(size, count, size, channels).transpose(1, 0, 2, 3)
+    bounds = [0, *breaks.tolist(), len(order)]
+    # Sampling maps for every face at once, in strip layout (size, N * size), faces in
+    # ``order``: the faces of one call are then a slice of columns.
+    map_x, map_y = _sampling_maps(to_frame[order], size)
+    strip = np.zeros((size, len(ids) * size, channels), dtype=np.uint8)
+    for first, stop in itertools.pairwise(bounds):
+        face = int(order[first])
+        source = images[int(ids[face])]
+        interp = cv2.INTER_CUBIC if cubic[face] else cv2.INTER_LINEAR
+        level = int(levels[face])
+        # Faces read at full resolution share a call; a reduced face reduces only the part of
+        # the frame it reads, so it goes alone.
+        step = per_call if level == 0 else 1
+        for start in range(first, stop, step):
+            end = min(start + step, stop)
+            columns = slice(start * size, end * size)
+            if level:
+                reduced = _reduce(source, to_frame[order[start:end]], size, 2 ** level, shrink)
+                if reduced is None:
+                    continue  # the crop lies wholly outside its frame: black
+                region, local = reduced
+                local_x, local_y = _sampling_maps(local, size)
+                strip[:, columns] = cv2.remap(region, local_x, local_y, interp,
+                                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                continue
+            strip[:, columns] = cv2.remap(source, map_x[:, columns], map_y[:, columns], interp,
+                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out[order] = strip.reshape(size, len(ids), size, channels).transpose(1, 0, 2, 3)
     return out

@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
+from faceinfer.geometry.constants import Centering
 from faceinfer.plugins.base import IdentityPlugin, PluginConfig
 
 
@@ -28,6 +29,9 @@ class NoopIdentity(IdentityPlugin):
 
     description = "Test identity: a constant embedding, no compute (for engine benchmarks)"
     resample = "linear"  # a test plugin needs no anti-aliasing: keep the engine cheap
+    # Legacy centering needs no pose: the engine benchmark measures the engine, and
+    # bench/geometry.py the pose that face and head centering add.
+    centering = Centering.LEGACY
     config_class = NoopIdentityConfig
 
     def __init__(self, config: NoopIdentityConfig) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
+from faceinfer.geometry.constants import Centering
 from faceinfer.plugins.base import MaskPlugin, PluginConfig
 
 
@@ -26,6 +27,9 @@ class NoopMask(MaskPlugin):
 
     description = "Test mask: the whole crop, no compute (for engine benchmarks)"
     resample = "linear"  # a test plugin needs no anti-aliasing: keep the engine cheap
+    # Legacy centering needs no pose: the engine benchmark measures the engine, and
+    # bench/geometry.py the pose that face and head centering add.
+    centering = Centering.LEGACY
     config_class = NoopMaskConfig
 
     def __init__(self, config: NoopMaskConfig) -> None:
