@@ -47,6 +47,40 @@ def _empty_ids() -> npt.NDArray[np.int32]:
     return np.zeros((0,), dtype=np.int32)
 
 
+def _empty_keypoints(count: int = 0) -> npt.NDArray[np.float32]:
+    return np.zeros((count, 0, 2), dtype=np.float32)
+
+
+def _unknown_scores(count: int = 0) -> npt.NDArray[np.float32]:
+    return np.full((count,), np.nan, dtype=np.float32)
+
+
+def _as_keypoints(keypoints: npt.ArrayLike | None, count: int) -> npt.NDArray[np.float32]:
+    """(count, K, 2) float32 keypoints from an array-like, or (count, 0, 2) for None."""
+    if keypoints is None:
+        return _empty_keypoints(count)
+    points = np.asarray(keypoints, dtype=np.float32)
+    if points.ndim != 3 or points.shape[0] != count or points.shape[2] != 2:
+        raise ValueError(f"expected ({count}, K, 2) keypoints, got {points.shape}")
+    return points
+
+
+def _concat_keypoints(left: npt.NDArray[np.float32], right: npt.NDArray[np.float32]
+                      ) -> npt.NDArray[np.float32]:
+    """Join two (N, K, 2) keypoint arrays. Faces without keypoints where the other side has
+    them (different detectors) get NaN keypoints."""
+    if left.shape[1] != right.shape[1] and len(left) and len(right):
+        width = max(left.shape[1], right.shape[1])
+        left, right = (np.concatenate([side, np.full((len(side), width - side.shape[1], 2),
+                                                     np.nan, np.float32)], axis=1)
+                       for side in (left, right))
+    elif not len(left):
+        return right.copy()
+    elif not len(right):
+        return left
+    return np.concatenate([left, right])
+
+
 def _empty_masks() -> npt.NDArray[np.uint8]:
     return np.zeros((0, 0, 0), dtype=np.uint8)
 
@@ -191,6 +225,17 @@ class ExtractBatch:
     """(N, 4) face boxes (left, top, right, bottom) in frame pixels."""
     frame_ids: npt.NDArray[np.int32] = field(init=False, default_factory=_empty_ids)
     """(N,) the index, within this batch, of the frame each face belongs to."""
+    keypoints: npt.NDArray[np.float32] = field(init=False, default_factory=_empty_keypoints)
+    """(N, K, 2) the detector's facial keypoints (x, y) in frame pixels; K is 0 for detectors
+    that find none, 5 for eyes, nose tip and mouth corners (see
+    :attr:`~faceinfer.plugins.base.DetectPlugin.keypoints`)."""
+    face_box: tuple[float, float, float, float] | None = field(init=False, default=None)
+    """The box convention of the detector that found the faces (see
+    :attr:`~faceinfer.plugins.base.DetectPlugin.face_box`), or None if unknown."""
+    align_scores: npt.NDArray[np.float32] = field(init=False, default_factory=_unknown_scores)
+    """(N,) each face's alignment error estimate from the aligner, as a fraction of the face's
+    size (lower is better; NaN before alignment): the disagreement between the two re-align
+    passes, or without re-align the distance of the landmarks from the mean face."""
     aligned: ExtractBatchAligned = field(init=False, default_factory=ExtractBatchAligned)
     """The faces' landmarks and what is derived from them."""
     masks: dict[str, ExtractBatchMask] = field(init=False, default_factory=dict)
@@ -251,7 +296,8 @@ class ExtractBatch:
         return self.aligned.landmarks
 
     def set_faces(self, bboxes: npt.NDArray[np.integer[Any]],
-                  frame_ids: npt.NDArray[np.integer[Any]]) -> None:
+                  frame_ids: npt.NDArray[np.integer[Any]],
+                  keypoints: npt.ArrayLike | None = None) -> None:
         """Replace every face of the batch with the given boxes, dropping any face data.
 
         Parameters
@@ -260,6 +306,8 @@ class ExtractBatch:
             (N, 4) boxes (left, top, right, bottom) in frame pixels.
         frame_ids:
             (N,) the frame index within this batch of each box, non-decreasing.
+        keypoints:
+            (N, K, 2) the detector's keypoints in frame pixels, or None for none.
         """
         bboxes = np.asarray(bboxes, dtype=np.int32).reshape(-1, 4)
         frame_ids = np.asarray(frame_ids, dtype=np.int32).reshape(-1)
@@ -270,6 +318,8 @@ class ExtractBatch:
             raise ValueError(f"expected non-decreasing frame ids in [0, {self.num_frames}), "
                              f"got {frame_ids.tolist()}")
         self.bboxes, self.frame_ids = bboxes, frame_ids
+        self.keypoints = _as_keypoints(keypoints, len(bboxes))
+        self.align_scores = _unknown_scores(len(bboxes))
         self.aligned = ExtractBatchAligned()
         self.masks = {}
         self.identities = {}
@@ -288,8 +338,14 @@ class ExtractBatch:
             raise ValueError(f"expected a batch with no faces yet, got {self.num_faces}")
         if not faces:
             return
+        widths = {0 if f.keypoints is None else len(f.keypoints) for f in faces}
+        keypoints = None if widths == {0} else np.stack([
+            np.full((max(widths), 2), np.nan, np.float32) if f.keypoints is None
+            else np.asarray(f.keypoints, np.float32) for f in faces])
         self.set_faces(np.array([[f.left, f.top, f.right, f.bottom] for f in faces]),
-                       np.zeros(len(faces), dtype=np.int32))
+                       np.zeros(len(faces), dtype=np.int32), keypoints)
+        self.align_scores = np.array([np.nan if f.align_score is None else f.align_score
+                                      for f in faces], dtype=np.float32)
         with_points = [f.landmarks_xy is not None for f in faces]
         if all(with_points):
             self.aligned = ExtractBatchAligned(
@@ -316,6 +372,8 @@ class ExtractBatch:
         if len(media.bboxes):
             batch.bboxes = media.bboxes
             batch.frame_ids = np.zeros(len(media.bboxes), dtype=np.int32)
+            batch.keypoints = media.keypoints
+            batch.align_scores = media.align_scores
             batch.aligned = media.aligned.select(slice(None))
             batch.masks = {k: v.select(slice(None)) for k, v in media.masks.items()}
             batch.identities = dict(media.identities)
@@ -359,6 +417,8 @@ class ExtractBatch:
                 first.append(nxt)
             batch.bboxes = first.bboxes
             batch.frame_ids = np.repeat(np.arange(len(frames), dtype=np.int32), counts)
+            batch.keypoints = first.keypoints
+            batch.align_scores = first.align_scores
             batch.aligned = first.aligned
             batch.masks = first.masks
             batch.identities = first.identities
@@ -379,6 +439,9 @@ class ExtractBatch:
         start = frames.start or 0
         out.bboxes = self.bboxes[faces]
         out.frame_ids = self.frame_ids[faces] - np.int32(start)
+        out.face_box = self.face_box
+        out.keypoints = self.keypoints[faces]
+        out.align_scores = self.align_scores[faces]
         out.aligned = self.aligned.select(faces)
         out.masks = {k: v.select(faces) for k, v in self.masks.items()}
         out.identities = {k: v[faces] for k, v in self.identities.items()}
@@ -446,6 +509,12 @@ class ExtractBatch:
                                         "identities")
         self.bboxes = np.concatenate([self.bboxes, batch.bboxes])
         self.frame_ids = np.concatenate([self.frame_ids, batch.frame_ids + np.int32(offset)])
+        self.keypoints = _concat_keypoints(self.keypoints, batch.keypoints)
+        self.align_scores = np.concatenate([self.align_scores, batch.align_scores])
+        if mine == 0:
+            self.face_box = batch.face_box
+        elif theirs and self.face_box != batch.face_box:
+            self.face_box = None
         if not self.num_frames:
             self.is_aligned = batch.is_aligned
         if join:
@@ -482,6 +551,8 @@ class ExtractBatch:
         mask = as_boolean(mask, self.num_faces, "faces")
         self.bboxes = self.bboxes[mask]
         self.frame_ids = self.frame_ids[mask]
+        self.keypoints = self.keypoints[mask]
+        self.align_scores = self.align_scores[mask]
         self.aligned.apply_mask(mask)
         for value in self.masks.values():
             value.apply_mask(mask)
@@ -502,6 +573,8 @@ class ExtractBatch:
             media = FrameFaces(
                 self.filenames[index], self.images[index],
                 bboxes=self.bboxes[faces],
+                keypoints=self.keypoints[faces],
+                align_scores=self.align_scores[faces],
                 identities={k: v[faces] for k, v in self.identities.items()},
                 masks={k: v.select(faces) for k, v in self.masks.items()},
                 source=self.sources[index], is_aligned=self.is_aligned,
@@ -520,8 +593,11 @@ class DetectedFace:
     """One face in one frame: its box and whatever later stages found for it.
 
     ``left``, ``top``, ``width`` and ``height`` are in frame pixels; ``landmarks_xy`` is (P, 2)
-    (x, y) in frame pixels; ``identity`` maps a storage name to a (D,) embedding; ``mask`` maps
-    a storage name to an :class:`ExtractBatchMask` holding this one face's mask.
+    (x, y) in frame pixels; ``keypoints`` is the detector's (K, 2) keypoints in frame pixels
+    (None if it found none); ``align_score`` is the aligner's error estimate (see
+    :attr:`ExtractBatch.align_scores`; None if unknown); ``identity`` maps a storage name to
+    a (D,) embedding; ``mask`` maps a storage name to an :class:`ExtractBatchMask` holding this
+    one face's mask.
     """
 
     left: int
@@ -529,6 +605,8 @@ class DetectedFace:
     width: int
     height: int
     landmarks_xy: npt.NDArray[np.float32] | None = None
+    keypoints: npt.NDArray[np.float32] | None = None
+    align_score: float | None = None
     identity: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     mask: dict[str, ExtractBatchMask] = field(default_factory=dict)
     _aligned: ExtractBatchAligned | None = field(default=None, repr=False, compare=False)
@@ -574,6 +652,10 @@ class FrameFaces:
         (N, 4) boxes (left, top, right, bottom) in frame pixels. Default: no faces.
     landmarks:
         (N, P, 2) landmarks in frame pixels. Default: not populated.
+    keypoints:
+        (N, K, 2) the detector's keypoints in frame pixels. Default: none (K = 0).
+    align_scores:
+        (N,) the aligner's error estimates (NaN: unknown). Default: unknown.
     identities:
         (N, D) embeddings by identity plugin storage name.
     masks:
@@ -597,7 +679,9 @@ class FrameFaces:
                  masks: dict[str, ExtractBatchMask] | None = None,
                  source: str | None = None, is_aligned: bool = False,
                  frame_metadata: PNGSource | None = None, passthrough: bool = False,
-                 frame_size: tuple[int, int] | None = None) -> None:
+                 frame_size: tuple[int, int] | None = None,
+                 keypoints: npt.ArrayLike | None = None,
+                 align_scores: npt.ArrayLike | None = None) -> None:
         self.filename = filename
         """The frame's file name."""
         self.image: npt.NDArray[np.uint8] | None = image
@@ -607,6 +691,12 @@ class FrameFaces:
         self.bboxes = (_empty_boxes() if bboxes is None
                        else np.asarray(bboxes, dtype=np.int32).reshape(-1, 4))
         """(N, 4) boxes (left, top, right, bottom) in frame pixels."""
+        count = len(self.bboxes)
+        self.keypoints = _as_keypoints(keypoints, count)
+        """(N, K, 2) the detector's keypoints in frame pixels (K = 0: none)."""
+        self.align_scores = (_unknown_scores(count) if align_scores is None
+                             else np.asarray(align_scores, dtype=np.float32).reshape(count))
+        """(N,) the aligner's error estimates (NaN: unknown)."""
         self.aligned = ExtractBatchAligned(landmarks)
         """The faces' landmarks and what is derived from them."""
         self.identities = {} if identities is None else identities
@@ -623,7 +713,6 @@ class FrameFaces:
         """True if this frame goes straight through the pipeline."""
         self.frame_size = frame_size
         """The (height, width) of the frame an aligned face came from, or None."""
-        count = len(self.bboxes)
         if self.aligned.landmarks is not None and len(self.aligned) != count:
             raise ValueError(f"expected landmarks for {count} faces, got {len(self.aligned)}")
         for key, value in self.identities.items():
@@ -653,6 +742,10 @@ class FrameFaces:
         points = self.aligned.landmarks
         return [DetectedFace(int(box[0]), int(box[1]), int(box[2] - box[0]), int(box[3] - box[1]),
                              landmarks_xy=None if points is None else points[index],
+                             keypoints=(self.keypoints[index] if self.keypoints.shape[1]
+                                        else None),
+                             align_score=(None if np.isnan(self.align_scores[index])
+                                          else float(self.align_scores[index])),
                              identity={k: v[index] for k, v in self.identities.items()},
                              mask={k: v.select(slice(index, index + 1))
                                    for k, v in self.masks.items()},
@@ -674,6 +767,8 @@ class FrameFaces:
         self.identities = _concat_dicts(self.identities, batch.identities, mine, theirs,
                                         "identities")
         self.bboxes = np.concatenate([self.bboxes, batch.bboxes])
+        self.keypoints = _concat_keypoints(self.keypoints, batch.keypoints)
+        self.align_scores = np.concatenate([self.align_scores, batch.align_scores])
 
     def remove_image(self) -> None:
         """Drop the image to free memory. ``image_shape`` still tells its shape."""

@@ -386,8 +386,8 @@ class ExtractRunner(Generic[HandlerT]):
             single = ExtractBatch([filename], [image], [source], is_aligned=is_aligned)
             single.from_detected_faces(detected_faces)
             found = single.to_frame_faces()[0]
-            media.bboxes, media.aligned = found.bboxes, found.aligned
-            media.identities, media.masks = found.identities, found.masks
+            media = found
+            media.frame_metadata, media.passthrough = frame_metadata, passthrough
         return self.put_media(media)
 
     def put_media(self, media: FrameFaces) -> FrameFaces | None:

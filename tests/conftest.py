@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from faceinfer.handler import ExtractHandler
+from faceinfer.objects import ExtractBatch
 from faceinfer.runner import ExtractRunner
 from faceinfer.threads import PipelineThread
 
@@ -39,6 +41,15 @@ def make_frame(count: int, seed: int = 0) -> np.ndarray:
     for left, top, right, bottom in blob_boxes(count).tolist():
         image[top:bottom, left:right] = rng.integers(200, 256, size=3, dtype=np.uint8)
     return image
+
+
+def run_stage(handler: ExtractHandler, batch: ExtractBatch) -> ExtractBatch:
+    """Run one stage's three steps on a batch in this thread (loading the model first)."""
+    handler.init_model()
+    handler.pre_process(batch)
+    handler.process(batch)
+    handler.post_process(batch)
+    return batch
 
 
 @dataclass

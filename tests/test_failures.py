@@ -190,6 +190,6 @@ def test_unknown_plugins_and_bad_settings_fail_before_any_thread() -> None:
         Detect("test-blobs", config={"batch_size": 0})
     with pytest.raises(ConfigError, match="unknown setting"):
         Align("test-landmarks", config={"bacth_size": 2})
-    with pytest.raises(PluginError, match=r"expected a detect plugin in \(test-blobs, test-noop\)"):
+    with pytest.raises(PluginError, match=r"expected a detect plugin in \(.*, test-noop\)"):
         Detect("test-landmarks")
     assert not pipeline_threads()

@@ -4,6 +4,7 @@ without anyone remembering to add it here."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,19 +13,20 @@ from faceinfer import Align, Detect, Identity, Mask
 from faceinfer._registry import get_plugin, list_plugins
 from faceinfer.handler import ExtractHandler
 from faceinfer.objects import ExtractBatch
-from faceinfer.plugins.base import PLUGIN_TYPES, PluginSpec
-from tests.conftest import blob_boxes, make_frame
+from faceinfer.plugins.base import PLUGIN_TYPES, PluginSpec, PluginType
+from tests.conftest import blob_boxes, make_frame, run_stage
 
 HANDLERS: dict[str, type[ExtractHandler]] = {
     "detect": Detect, "align": Align, "mask": Mask, "identity": Identity}
 ALL = [(kind, name) for kind in PLUGIN_TYPES for name in list_plugins(kind, include_test=True)]
 
 
-def run_stage(handler: ExtractHandler, batch: ExtractBatch) -> ExtractBatch:
-    handler.pre_process(batch)
-    handler.process(batch)
-    handler.post_process(batch)
-    return batch
+def plugin_params(kind: PluginType) -> list[Any]:
+    """The registered plugins of a type, those declaring ``speed = "slow"`` marked slow (run
+    them with ``pytest -m slow``)."""
+    return [pytest.param(name, marks=pytest.mark.slow)
+            if get_plugin(kind, name).speed == "slow" else pytest.param(name)
+            for name in list_plugins(kind, include_test=True)]
 
 
 def face_batch(faces: int) -> ExtractBatch:
@@ -56,7 +58,7 @@ def test_plugin_declares_a_frozen_spec(kind: str, name: str) -> None:
         assert spec.storage_name
 
 
-@pytest.mark.parametrize("name", list_plugins("detect", include_test=True))
+@pytest.mark.parametrize("name", plugin_params("detect"))
 @pytest.mark.parametrize("frames", [0, 1, 5])
 def test_detector_contract(name: str, frames: int) -> None:
     handler = Detect(name)
@@ -76,7 +78,7 @@ def test_detector_contract(name: str, frames: int) -> None:
     np.testing.assert_array_equal(first.frame_ids, second.frame_ids)
 
 
-@pytest.mark.parametrize("name", list_plugins("align", include_test=True))
+@pytest.mark.parametrize("name", plugin_params("align"))
 @pytest.mark.parametrize("faces", [1, 7])
 def test_aligner_contract(name: str, faces: int) -> None:
     handler = Align(name)
@@ -91,7 +93,7 @@ def test_aligner_contract(name: str, faces: int) -> None:
     np.testing.assert_array_equal(first.landmarks, second.landmarks)
 
 
-@pytest.mark.parametrize("name", list_plugins("mask", include_test=True))
+@pytest.mark.parametrize("name", plugin_params("mask"))
 @pytest.mark.parametrize("faces", [1, 7])
 def test_mask_contract(name: str, faces: int) -> None:
     handler = Mask(name)
@@ -106,7 +108,7 @@ def test_mask_contract(name: str, faces: int) -> None:
     np.testing.assert_array_equal(stored.masks, second.masks[handler.storage_name].masks)
 
 
-@pytest.mark.parametrize("name", list_plugins("identity", include_test=True))
+@pytest.mark.parametrize("name", plugin_params("identity"))
 @pytest.mark.parametrize("faces", [1, 7])
 def test_identity_contract(name: str, faces: int) -> None:
     handler = Identity(name)

@@ -111,3 +111,34 @@ LANDMARK_MASK_PARTS_68: dict[str, list[tuple[int, int]]] = {
     for name, ranges in _REFERENCE["landmark_mask_parts_68"].items()}
 """The parts of the landmark masks: each is the convex hull of the union of its index ranges
 (start, stop), stop exclusive."""
+
+
+KEYPOINTS_5_LEGACY: npt.NDArray[np.float64] = np.array([
+    [0.2281, 0.2219], [0.7719, 0.2219], [0.5, 0.5325], [0.2532, 0.7802], [0.7468, 0.7802]])
+"""(5, 2) where a detector's five keypoints (eye on the image's left, eye on its right, nose
+tip, mouth corner left, mouth corner right) sit on the legacy mean face. A similarity from a
+face's keypoints to these gives an upright first alignment before any landmarks exist.
+
+Measured with ``tools/fit_face_conventions.py``: the median over 56 upright faces of the public
+photos in ``../shared/data`` of MTCNN's keypoints mapped to the mean face by each face's
+landmarks, made left-right symmetric. (MTCNN's eye points lie a little outside the centres of
+the eye outlines.)"""
+
+FaceBox = tuple[float, float, float, float]
+"""A box convention: where a detector draws its box on an upright face, as (left, top, right,
+bottom) in legacy-normalized face space."""
+
+FACE_BOX_DLIB_HOG: FaceBox = (-0.155, -0.236, 1.138, 1.136)
+"""dlib's HOG detector (and the box convention dlib's 68-point predictor was trained on).
+Measured with ``tools/fit_face_conventions.py``: the median over 57 upright faces of the public
+photos in ``../shared/data``, each box mapped by the similarity of the face's landmarks (human
+annotations where there are any, else dlib-68 run on that very box) to the mean face;
+interquartile range 0.12-0.18."""
+FACE_BOX_DLIB_CNN: FaceBox = (-0.19, -0.30, 1.14, 1.07)
+"""dlib's MMOD CNN detector: about the size of the HOG box but higher on the face (more
+forehead, less chin), and less steady (interquartile range about 0.19). Measured the same way
+over 58 faces."""
+FACE_BOX_MTCNN: FaceBox = (-0.071, -0.426, 1.048, 1.181)
+"""MTCNN (O-Net's regressed box): narrower than dlib's and much higher (it takes in the
+forehead). Measured the same way over 56 faces, starting dlib-68 from MTCNN's keypoints;
+interquartile range 0.09-0.20."""

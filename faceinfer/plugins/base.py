@@ -19,6 +19,10 @@ import numpy.typing as npt
 from faceinfer.errors import ConfigError
 from faceinfer.geometry.constants import Centering, LandmarkType
 
+REFERENCE_FACE_BOX = (-0.15 / 0.7, -0.15 / 0.7, 1.0 + 0.15 / 0.7, 1.0 + 0.15 / 0.7)
+"""A detection-like box around the legacy mean face: the face in its middle 70%, as the
+reference frames re-aligned faces for aligners without a known box convention."""
+
 PluginType = Literal["detect", "align", "mask", "identity"]
 PLUGIN_TYPES: tuple[PluginType, ...] = ("detect", "align", "mask", "identity")
 DType = Literal["uint8", "float16", "float32"]
@@ -74,6 +78,8 @@ class PluginSpec:
     resample: Resample = "area"
     """How the stage shrinks images for the plugin: ``area`` (pixel-area averaging, no
     aliasing) or ``linear`` (bilinear, several times faster, aliases fine detail)."""
+    keypoints: int = 0
+    """For detectors: how many (x, y) keypoints each box carries."""
     landmark_type: LandmarkType | None = None
     """For aligners: the landmark layout they output."""
     centering: Centering | None = None
@@ -196,11 +202,23 @@ class DetectPlugin(ExtractPlugin):
     """A face detector. Its batch size counts frames."""
 
     plugin_type: ClassVar[PluginType] = "detect"
+    keypoints: ClassVar[int] = 0
+    """How many (x, y) facial keypoints the detector finds with each box: 0, or 5 for the
+    usual layout (eye on the image's left, eye on its right, nose tip, mouth corner on the
+    image's left, mouth corner on its right)."""
+    face_box: ClassVar[tuple[float, float, float, float] | None] = None
+    """Where the detector's box sits on an upright face, as (left, top, right, bottom) in the
+    legacy-normalized face space of :data:`MEAN_FACE_2D_51` (measured on annotated faces), or
+    None if unknown. Aligners use it to convert boxes to the convention they were trained on."""
+
+    def _extra_spec(self) -> dict[str, Any]:
+        return {"keypoints": self.keypoints}
 
     @abstractmethod
     def post_process(self, batch: np.ndarray) -> list[npt.NDArray[np.float32]]:
-        """Decode raw output into one (M, 4) array of boxes (left, top, right, bottom) per
-        frame, in model input pixels."""
+        """Decode raw output into one (M, 4 + 2 * :attr:`keypoints`) array per frame, in model
+        input pixels: each row is a box (left, top, right, bottom) followed by its keypoints'
+        (x, y) pairs."""
 
 
 class AlignPlugin(ExtractPlugin):
@@ -210,8 +228,30 @@ class AlignPlugin(ExtractPlugin):
     landmark_type: ClassVar[LandmarkType] = LandmarkType.LM_2D_68
     """The landmark layout the plugin outputs."""
 
+    face_box: ClassVar[tuple[float, float, float, float] | None] = None
+    """The box convention the aligner was trained on: where such a box sits on an upright
+    face, (left, top, right, bottom) in legacy-normalized face space. Boxes from detectors that
+    declare their own convention are converted to it before :meth:`roi`. None: boxes are used
+    as they come."""
+
     def _extra_spec(self) -> dict[str, Any]:
         return {"landmark_type": self.landmark_type}
+
+    def crop_to_legacy(self) -> npt.NDArray[np.float64]:
+        """(3, 3) the aligner's canonical crop: normalized crop coordinates -> legacy-normalized
+        face space. Crops built from keypoints or from earlier landmarks (re-align) frame the
+        face this way.
+
+        Default: the crop :meth:`roi` makes for a face whose box is the aligner's
+        :attr:`face_box`, or, without one, the reference's re-align framing (the mean face in
+        the middle 70% of the box)."""
+        box = np.asarray(self.face_box if self.face_box is not None else REFERENCE_FACE_BOX,
+                         dtype=np.float64)
+        unit = 1000.0  # legacy units -> pixels, so the plugin's integer rounding is negligible
+        roi = np.asarray(self.roi(np.rint(box * unit).astype(np.int32)[None]),
+                         dtype=np.float64).reshape(4) / unit
+        side = roi[2] - roi[0]
+        return np.array([[side, 0.0, roi[0]], [0.0, side, roi[1]], [0.0, 0.0, 1.0]])
 
     @abstractmethod
     def roi(self, bboxes: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
