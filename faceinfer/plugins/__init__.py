@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 
 _BUILTIN = (
+    "faceinfer.plugins.detect.dlib_detectors",
+    "faceinfer.plugins.align.dlib_68",
     "faceinfer.plugins.detect.testing",
     "faceinfer.plugins.detect.noop",
     "faceinfer.plugins.align.testing",

