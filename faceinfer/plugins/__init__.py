@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 _BUILTIN = (
+    "faceinfer.plugins.detect.mtcnn",
     "faceinfer.plugins.detect.dlib_detectors",
     "faceinfer.plugins.align.dlib_68",
     "faceinfer.plugins.detect.testing",

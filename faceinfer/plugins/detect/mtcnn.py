@@ -1,0 +1,815 @@
+"""Detector "mtcnn": the three-stage cascade of Zhang et al. (2016), "Joint Face Detection and
+Alignment using Multi-task Cascaded Convolutional Networks", written in PyTorch here.
+
+P-Net scans an image pyramid for candidate boxes, R-Net refines them on 24 x 24 crops and O-Net
+on 48 x 48 crops, which also gives five facial keypoints. The weights are the Caffe-trained ones
+as converted by facenet-pytorch 2.6.0 (MIT, Timothy Esler), re-saved as a plain ``.npz`` by
+``tools/convert_mtcnn.py`` (see ``weights/README.md``).
+
+It follows the reference (facenet-pytorch's ``detect_face``: same thresholds, NMS settings and
+box arithmetic), laid out for speed:
+
+* The pyramid levels (exact pixel-area averages of the input) are packed into one mosaic per
+  frame, so a single P-Net pass covers every scale (:func:`plan_pyramid`).
+* Candidate generation, NMS (:func:`nms`, exact greedy, vectorised), box regression and
+  squaring run on all frames of the batch at once, in numpy.
+* R-Net and O-Net each take the candidates of the whole batch in one call (in chunks of
+  :data:`CROP_CHUNK`); their crops are cut in one ``grid_sample`` per source from the mosaic
+  level nearest the crop's scale (see :data:`CROP_SOURCE_SCALE`), not region by region.
+
+torch is imported when the model is built, so importing this module (to list plugins) stays
+light.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from faceinfer._registry import register_plugin
+from faceinfer.errors import ConfigError, PluginError
+from faceinfer.geometry.constants import FACE_BOX_MTCNN, FaceBox
+from faceinfer.plugins.base import DetectPlugin, PluginConfig
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "mtcnn.npz"
+"""The vendored weights: P-Net, R-Net and O-Net tensors under ``pnet.``, ``rnet.``, ``onet.``."""
+WEIGHTS_SHA256 = "926fb845f6ca1a03111a8b7de44ee8e0a49bcaa1a125816e34d324b6c2ff3549"
+"""The sha256 of :data:`WEIGHTS_FILE`, as printed by ``tools/convert_mtcnn.py``."""
+
+# NMS settings of the reference implementation (facenet-pytorch's detect_face), which the
+# thresholds and the score calibration were tuned with.
+PNET_SCALE_NMS_IOU = 0.5
+"""P-Net: NMS within each pyramid scale of each frame, intersection over union."""
+PNET_MERGED_NMS_IOU = 0.7
+"""P-Net: NMS over all scales of each frame, intersection over union."""
+RNET_NMS_IOU = 0.7
+"""R-Net: NMS of each frame's refined candidates, intersection over union."""
+ONET_NMS_MIN = 0.7
+"""O-Net: NMS of each frame's final boxes, intersection over the smaller box's area."""
+
+PNET_STRIDE = 2
+"""P-Net's output stride on its input, in pixels."""
+PNET_CELL = 12
+"""The side of the window each P-Net output cell sees, in pixels."""
+RNET_SIZE = 24
+"""R-Net's input side."""
+ONET_SIZE = 48
+"""O-Net's input side."""
+CROP_CHUNK = 512
+"""Most crops cut and run through R-Net or O-Net at once (bounds the memory of the crops)."""
+CROP_SOURCE_SCALE = 1.57
+"""Crops are sampled bilinearly from the pyramid level (or the input) where the box is nearest
+to this many times the crop's side. Measured against exact area-averaged crops on the sample
+images, R-Net scores differ by 0.011 on average (0.022 on candidates above 0.5) at 1.57, by
+0.024 (0.047) at 1.0 (the level nearest to the crop's own scale, too blurred by the bilinear
+filter on top of the level's own area filter), and by 0.012 (0.018) when sampling at twice the
+resolution and averaging down, which costs four times as much. facenet-pytorch's own crops
+(whole-pixel boxes, adaptive average pooling) differ from exact ones by 0.039 (0.064)."""
+INPUT_SCALE = 127.5 / 128.0
+"""The nets were trained on (x - 127.5) / 128; the stage gives x / 127.5 - 1. Multiplying by
+this maps one onto the other exactly (folded into each net's first convolution)."""
+
+NET_NAMES = ("pnet", "rnet", "onet")
+"""The three nets, in cascade order (also the key prefixes in the weights file)."""
+
+
+@functools.cache
+def _net_classes() -> dict[str, type[torch.nn.Module]]:
+    """The P-Net, R-Net and O-Net module classes, defined on first use so torch is imported only
+    when a model is built. Layer names match the keys of the weights file."""
+    import torch  # noqa: PLC0415 (keep importing the plugin registry light)
+    from torch import nn  # noqa: PLC0415
+    from torch.nn import functional  # noqa: PLC0415
+
+    def caffe_flatten(x: torch.Tensor) -> torch.Tensor:
+        """Flatten (N, C, H, W) in Caffe's transposed (N, W, H, C) order, as the converted dense
+        weights expect."""
+        return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+
+    class PNet(nn.Module):
+        """Proposal net: fully convolutional, a 12 x 12 window per output cell at stride 2.
+
+        ``forward`` maps (N, 3, H, W) to the face probability (N, H', W') and the box
+        regression (N, 4, H', W')."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 10, 3)
+            self.prelu1 = nn.PReLU(10)
+            self.conv2 = nn.Conv2d(10, 16, 3)
+            self.prelu2 = nn.PReLU(16)
+            self.conv3 = nn.Conv2d(16, 32, 3)
+            self.prelu3 = nn.PReLU(32)
+            self.conv4_1 = nn.Conv2d(32, 2, 1)
+            self.conv4_2 = nn.Conv2d(32, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = functional.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
+            x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+            prob = torch.softmax(self.conv4_1(x), dim=1)[:, 1]
+            return prob, self.conv4_2(x)
+
+    class RNet(nn.Module):
+        """Refinement net on 24 x 24 crops: (N, 3, 24, 24) to the face probability (N,) and the
+        box regression (N, 4)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 28, 3)
+            self.prelu1 = nn.PReLU(28)
+            self.conv2 = nn.Conv2d(28, 48, 3)
+            self.prelu2 = nn.PReLU(48)
+            self.conv3 = nn.Conv2d(48, 64, 2)
+            self.prelu3 = nn.PReLU(64)
+            self.dense4 = nn.Linear(576, 128)
+            self.prelu4 = nn.PReLU(128)
+            self.dense5_1 = nn.Linear(128, 2)
+            self.dense5_2 = nn.Linear(128, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = functional.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+            x = functional.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+            x = self.prelu4(self.dense4(caffe_flatten(self.prelu3(self.conv3(x)))))
+            prob = torch.softmax(self.dense5_1(x), dim=1)[:, 1]
+            return prob, self.dense5_2(x)
+
+    class ONet(nn.Module):
+        """Output net on 48 x 48 crops: (N, 3, 48, 48) to the face probability (N,), the box
+        regression (N, 4) and the keypoints (N, 10): five x then five y, as fractions of the
+        crop."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 32, 3)
+            self.prelu1 = nn.PReLU(32)
+            self.conv2 = nn.Conv2d(32, 64, 3)
+            self.prelu2 = nn.PReLU(64)
+            self.conv3 = nn.Conv2d(64, 64, 3)
+            self.prelu3 = nn.PReLU(64)
+            self.conv4 = nn.Conv2d(64, 128, 2)
+            self.prelu4 = nn.PReLU(128)
+            self.dense5 = nn.Linear(1152, 256)
+            self.prelu5 = nn.PReLU(256)
+            self.dense6_1 = nn.Linear(256, 2)
+            self.dense6_2 = nn.Linear(256, 4)
+            self.dense6_3 = nn.Linear(256, 10)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            x = functional.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+            x = functional.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+            x = functional.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
+            x = self.prelu5(self.dense5(caffe_flatten(self.prelu4(self.conv4(x)))))
+            prob = torch.softmax(self.dense6_1(x), dim=1)[:, 1]
+            return prob, self.dense6_2(x), self.dense6_3(x)
+
+    return {"pnet": PNet, "rnet": RNet, "onet": ONet}
+
+
+def build_nets(weights: dict[str, npt.NDArray[np.float32]] | None = None
+               ) -> dict[str, torch.nn.Module]:
+    """The P-Net, R-Net and O-Net modules in eval mode on the CPU, with their weights.
+
+    Parameters
+    ----------
+    weights:
+        Arrays keyed ``<net>.<layer>.<param>`` as in the weights file, or None to leave the
+        modules untrained.
+
+    Raises
+    ------
+    PluginError
+        If the weights lack a tensor of a net or hold one of the wrong shape.
+    """
+    import torch  # noqa: PLC0415
+
+    nets: dict[str, torch.nn.Module] = {}
+    for name, cls in _net_classes().items():
+        net = cls().eval().requires_grad_(False)
+        if weights is not None:
+            prefix = f"{name}."
+            state = {key[len(prefix):]: torch.from_numpy(np.array(value, dtype=np.float32))
+                     for key, value in weights.items() if key.startswith(prefix)}
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise PluginError(f"mtcnn: the weights do not fit {name}: {err}") from err
+        nets[name] = net
+    return nets
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def nms(boxes: npt.NDArray[np.float64], scores: npt.NDArray[np.float64],
+        groups: npt.NDArray[np.int64], threshold: float, use_min: bool = False
+        ) -> npt.NDArray[np.intp]:
+    """Greedy non-maximum suppression, independently within each group.
+
+    Exactly the classic greedy result (visit boxes by falling score; keep a box unless a kept
+    box overlaps it by more than ``threshold``), computed without a loop over boxes: the
+    overlapping pairs are found by a sweep along x, then kept/suppressed states are settled in
+    rounds, each deciding every box whose higher-scored neighbours are all decided.
+
+    Parameters
+    ----------
+    boxes:
+        (K, 4) boxes (left, top, right, bottom).
+    scores:
+        (K,) scores; ties are broken by index.
+    groups:
+        (K,) group of each box (frame, or frame and pyramid level): boxes of different groups
+        never suppress each other.
+    threshold:
+        Suppress when the overlap is strictly above this.
+    use_min:
+        Overlap as intersection over the smaller box's area instead of over the union.
+
+    Returns
+    -------
+    The indices of the kept boxes, by group, then by falling score.
+    """
+    count = len(boxes)
+    if count == 0:
+        return np.zeros((0,), dtype=np.intp)
+    order = np.lexsort((np.arange(count), -scores, groups))
+    rank = np.empty(count, dtype=np.int64)
+    rank[order] = np.arange(count)
+    # Shift each group along x far enough that boxes of different groups cannot meet.
+    span = float(boxes[:, 2].max() - boxes[:, 0].min()) + 1.0
+    shift = (groups - groups.min()).astype(np.float64) * span
+    left, right = boxes[:, 0] + shift, boxes[:, 2] + shift
+    by_left = np.argsort(left, kind="stable")
+    sorted_left = left[by_left]
+    ends = np.searchsorted(sorted_left, right[by_left], side="left")
+    counts = np.maximum(ends - np.arange(count) - 1, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return order.astype(np.intp)
+    first = np.repeat(np.arange(count), counts)
+    second = first + 1 + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    one, two = by_left[first], by_left[second]
+    width = np.minimum(boxes[one, 2], boxes[two, 2]) - np.maximum(boxes[one, 0], boxes[two, 0])
+    height = np.minimum(boxes[one, 3], boxes[two, 3]) - np.maximum(boxes[one, 1], boxes[two, 1])
+    inter = np.clip(width, 0.0, None) * np.clip(height, 0.0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    denominator = np.minimum(area[one], area[two]) if use_min else area[one] + area[two] - inter
+    overlaps = (inter > threshold * denominator) & (inter > 0.0)
+    one, two = one[overlaps], two[overlaps]
+    first_higher = rank[one] < rank[two]
+    high = np.where(first_higher, one, two)
+    low = np.where(first_higher, two, one)
+    undecided, kept, suppressed = 0, 1, 2
+    state = np.zeros(count, dtype=np.int8)
+    while True:
+        open_pairs = state[low] == undecided
+        high, low = high[open_pairs], low[open_pairs]
+        beaten = np.zeros(count, dtype=np.bool_)
+        beaten[low[state[high] == kept]] = True
+        state[beaten & (state == undecided)] = suppressed
+        blocked = np.zeros(count, dtype=np.bool_)
+        blocked[low[state[high] == undecided]] = True
+        free = (state == undecided) & ~blocked
+        if not free.any():
+            break
+        state[free] = kept
+    return np.asarray(order[state[order] == kept], dtype=np.intp)
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    """One level of P-Net's image pyramid and where it sits in the mosaic P-Net runs on."""
+
+    size: int
+    """The level's side in pixels (even, so P-Net's pooling never reads past it)."""
+    top: int
+    """The row of its top edge in the mosaic (even)."""
+    left: int
+    """The column of its left edge in the mosaic (even)."""
+
+
+MOSAIC_GAP = 2
+"""Black pixels between the levels of the mosaic, so bilinear crops near a level's edge read
+black as they would past the edge of the level alone."""
+
+
+def plan_pyramid(input_size: int, min_size: int, factor: float
+                 ) -> tuple[tuple[PyramidLevel, ...], int, int]:
+    """Lay out P-Net's image pyramid as one mosaic, so a single P-Net pass covers every scale.
+
+    The levels are the input scaled by ``12 / min_size * factor ** k`` while the scaled side is
+    at least 12 pixels (P-Net's window). Each side is rounded to an even number and each level
+    placed at even coordinates: P-Net has stride 2 and sees 12 x 12 windows, so every output
+    cell whose window lies inside a level is exactly what P-Net gives on that level alone.
+    Levels are packed, largest first, into columns as tall as the largest level, with
+    :data:`MOSAIC_GAP` pixels between them.
+
+    Returns
+    -------
+    The levels, largest first, and the mosaic's height and width.
+    """
+    sizes: list[int] = []
+    scale = PNET_CELL / min_size
+    while input_size * scale >= PNET_CELL:
+        size = max(PNET_CELL, 2 * round(input_size * scale / 2))
+        if not sizes or size < sizes[-1]:
+            sizes.append(size)
+        scale *= factor
+    if not sizes:
+        return (), 0, 0
+    height = sizes[0]
+    columns: list[list[int]] = []  # [left, width, bottom of the last level placed]
+    levels: list[PyramidLevel] = []
+    for size in sizes:
+        for column in columns:
+            top = column[2] + MOSAIC_GAP
+            if top + size <= height:
+                levels.append(PyramidLevel(size, top, column[0]))
+                column[2] = top + size
+                break
+        else:
+            left = columns[-1][0] + columns[-1][1] + MOSAIC_GAP if columns else 0
+            columns.append([left, size, size])
+            levels.append(PyramidLevel(size, 0, left))
+    width = columns[-1][0] + columns[-1][1]
+    return tuple(levels), height, width
+
+
+def pyramid_cells(levels: tuple[PyramidLevel, ...], height: int, width: int, input_size: int
+                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """For each cell of P-Net's output on the mosaic: its level, and its window in input pixels.
+
+    Returns
+    -------
+    (H', W') the level index of each output cell, -1 where the cell's window is not inside a
+    level; and (H', W', 4) the window (left, top, right, bottom) mapped back to the input.
+    """
+    rows, cols = max(height // 2 - 5, 0), max(width // 2 - 5, 0)
+    level_of = np.full((rows, cols), -1, dtype=np.int64)
+    windows = np.zeros((rows, cols, 4), dtype=np.float64)
+    for index, level in enumerate(levels):
+        cells = level.size // 2 - 5
+        top, left = level.top // 2, level.left // 2
+        level_of[top:top + cells, left:left + cells] = index
+        ratio = input_size / level.size
+        start = np.arange(cells, dtype=np.float64) * PNET_STRIDE * ratio
+        end = start + PNET_CELL * ratio
+        windows[top:top + cells, left:left + cells, 0] = start[None, :]
+        windows[top:top + cells, left:left + cells, 1] = start[:, None]
+        windows[top:top + cells, left:left + cells, 2] = end[None, :]
+        windows[top:top + cells, left:left + cells, 3] = end[:, None]
+    return level_of, windows
+
+
+def square(boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """(K, 4) boxes made square about their centres, their side the longer of the two."""
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    return np.stack([centre_x - side / 2, centre_y - side / 2, centre_x + side / 2,
+                     centre_y + side / 2], axis=1)
+
+
+def regress(boxes: npt.NDArray[np.float64], offsets: npt.NDArray[np.float64]
+            ) -> npt.NDArray[np.float64]:
+    """(K, 4) boxes moved by a net's (K, 4) regression, given as fractions of their size."""
+    size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+    return boxes + offsets * np.tile(size, 2)
+
+
+@dataclass(frozen=True)
+class MTCNNConfig(PluginConfig):
+    """Settings of the mtcnn detector."""
+
+    batch_size: int = 8
+    """Frames per batch. All stages of the cascade run on the whole batch at once."""
+    input_size: int = 640
+    """Side of the square detector input that frames are letterboxed into, in pixels."""
+    min_size: int = 20
+    """Smallest face searched for, in pixels of the detector input (20 to 1000). Smaller finds
+    smaller faces but scans a larger pyramid: the cost grows about with (1 / min_size) ** 2."""
+    scale_factor: float = 0.709
+    """Ratio between neighbouring pyramid scales (0.5 to 0.95). Closer to 1 tries more scales:
+    slower, and a little more sensitive."""
+    threshold_1: float = 0.6
+    """P-Net: face probability a pyramid window needs to become a candidate (0 to 1)."""
+    threshold_2: float = 0.7
+    """R-Net: face probability a candidate needs to go on to O-Net (0 to 1)."""
+    threshold_3: float = 0.7
+    """O-Net: face probability a candidate needs to be considered at all (0 to 1)."""
+    score_threshold: float = 0.9
+    """Final O-Net score a face needs to be reported (0 to 1). On the sample video false boxes
+    score 0.70 to 0.86 and the real face 0.91 and up (0.98 and up with this implementation's
+    crops); the faces of the sample photos score 0.97 and up."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if not 48 <= self.input_size <= 4096:
+            raise ConfigError(f"{name}.input_size: expected 48 to 4096, got {self.input_size}")
+        if not 20 <= self.min_size <= 1000:
+            raise ConfigError(f"{name}.min_size: expected 20 to 1000, got {self.min_size}")
+        if self.min_size > self.input_size:
+            raise ConfigError(f"{name}.min_size: expected at most input_size "
+                              f"({self.input_size}), got {self.min_size}")
+        if not 0.5 <= self.scale_factor <= 0.95:
+            raise ConfigError(f"{name}.scale_factor: expected 0.5 to 0.95, "
+                              f"got {self.scale_factor}")
+        for key in ("threshold_1", "threshold_2", "threshold_3", "score_threshold"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}.{key}: expected 0 to 1, got {value}")
+
+
+@register_plugin("detect", "mtcnn")
+class MTCNNDetector(DetectPlugin):
+    """MTCNN: P-Net over an image pyramid, then R-Net and O-Net on crops of the candidates.
+
+    Each box comes with five keypoints: eye on the image's left, eye on its right, nose tip,
+    mouth corner on the image's left, mouth corner on its right. Boxes are O-Net's regressed
+    boxes (not squared), clipped to the input; keypoints are not clipped.
+    """
+
+    description = "MTCNN (P/R/O-Net cascade, PyTorch): face boxes with 5 keypoints"
+    speed = "medium"
+    keypoints = 5
+    face_box: ClassVar[FaceBox | None] = FACE_BOX_MTCNN
+    config_class = MTCNNConfig
+    weights: ClassVar[str | None] = ("faceinfer.plugins.detect: weights/mtcnn.npz "
+                                     "(facenet-pytorch 2.6.0, MIT)")
+    weights_sha256: ClassVar[str | None] = WEIGHTS_SHA256
+
+    def __init__(self, config: MTCNNConfig) -> None:
+        super().__init__(config.input_size, config.batch_size, is_rgb=True, dtype="float32",
+                         scale=(-1.0, 1.0), force_cpu=False, config=config)
+        self.settings = config
+        """The plugin's resolved config."""
+        levels, height, width = plan_pyramid(config.input_size, config.min_size,
+                                             config.scale_factor)
+        self.levels = levels
+        """P-Net's pyramid levels and their places in the mosaic, largest first."""
+        self.mosaic_shape = (height, width)
+        """(height, width) of the mosaic holding every pyramid level."""
+        self._cells = pyramid_cells(levels, height, width, config.input_size)
+        self._tables: dict[str, Any] = {}
+        self._buffers: dict[str, Any] = {}
+
+    def load_model(self) -> None:
+        """Check the weights file's sha256, build the three nets on :attr:`device` and fold the
+        input normalisation into their first convolutions.
+
+        The nets were trained on (x - 127.5) / 128 for uint8 x. They are fed here x / 127.5
+        (the stage's -1..1 plus 1, so that black is 0 and the zero padding of crops reads as
+        black): scaling each first convolution's weights by 127.5 / 128 and subtracting their
+        sum from its bias makes that exactly the trained input (the convolutions have no
+        padding).
+
+        Raises
+        ------
+        PluginError
+            If the weights file is missing, unreadable or not the vendored one.
+        """
+        import torch  # noqa: PLC0415
+
+        try:
+            digest = file_sha256(WEIGHTS_FILE)
+        except OSError as err:
+            raise PluginError(f"mtcnn: cannot read the weights file {WEIGHTS_FILE}: "
+                              f"{err}") from err
+        if digest != self.weights_sha256:
+            raise PluginError(f"mtcnn: the weights file {WEIGHTS_FILE} has sha256 {digest}, "
+                              f"expected {self.weights_sha256}: reinstall faceinfer or rerun "
+                              f"tools/convert_mtcnn.py")
+        with np.load(WEIGHTS_FILE, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        nets = build_nets(arrays)
+        with torch.no_grad():
+            for net in nets.values():
+                conv = net.get_submodule("conv1")
+                assert isinstance(conv, torch.nn.Conv2d)
+                assert conv.bias is not None
+                conv.weight.mul_(INPUT_SCALE)
+                conv.bias.sub_(conv.weight.sum(dim=(1, 2, 3)))
+        device = torch.device(self.device)
+        # Channels-last convolutions are about twice as fast on the CPU (oneDNN).
+        self.model = {name: net.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                      for name, net in nets.items()}
+        level_of, _ = self._cells
+        size = self.input_size
+        corners = np.concatenate([np.arange(level.size + 1) * (size / level.size)
+                                  for level in self.levels])
+        index = np.minimum(np.floor(corners), size - 1)
+        self._tables = {
+            "valid": torch.from_numpy(level_of >= 0).to(device),
+            "corner_index": torch.from_numpy(index.astype(np.int64)).to(device),
+            "corner_frac": torch.from_numpy((corners - index).astype(np.float32)).to(device)}
+
+    def _pnet_chunk(self) -> int:
+        """How many frames P-Net takes per call. On the CPU one frame's mosaic keeps both cores
+        busy and bigger calls only spill the caches (measured: about 1.3x slower per frame at
+        8); a GPU takes the whole batch."""
+        return 1 if self.device == "cpu" else self.batch_size
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 work tensor on :attr:`device`, zeroed when first made and kept for the
+        next batch of the same shape: big fresh tensors cost a page fault per 4 KiB on the
+        CPU, and the mosaic's gaps must stay black."""
+        import torch  # noqa: PLC0415
+
+        buffer = self._buffers.get(name)
+        if buffer is None or tuple(buffer.shape) != shape:
+            buffer = torch.zeros(shape, dtype=torch.float32, device=torch.device(self.device))
+            self._buffers[name] = buffer
+        return buffer
+
+    def process(self, batch: np.ndarray) -> np.ndarray:
+        """Run the cascade on a batch of frames.
+
+        Parameters
+        ----------
+        batch:
+            (N, S, S, 3) float32 RGB frames scaled to -1..1.
+
+        Returns
+        -------
+        (N, M, 15) float32: for each frame up to M faces as (score, left, top, right, bottom,
+        then five keypoint (x, y) pairs), in input pixels, by falling score; rows past a frame's
+        last face are NaN. Not yet filtered by ``score_threshold`` nor clipped.
+        """
+        import torch  # noqa: PLC0415
+
+        count, size = len(batch), self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
+            raise ValueError(f"mtcnn: expected (N, {size}, {size}, 3) frames, "
+                             f"got {batch.shape}")
+        if count == 0 or not self.levels:
+            return np.full((count, 0, 15), np.nan, dtype=np.float32)
+        device = torch.device(self.device)
+        height, width = self.mosaic_shape
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with torch.inference_mode():
+            frames = torch.from_numpy(batch).to(device)
+            # Both sources get MOSAIC_GAP black rows below each frame, so that stacked into
+            # one tall image, crops near a frame's bottom edge read black, not the next frame.
+            canvas = self._buffer("canvas", (count, size + MOSAIC_GAP, size, 3))
+            torch.add(frames, 1.0, out=canvas[:, :size])  # black is 0: see load_model
+            mosaic = self._buffer("mosaic", (count, height + MOSAIC_GAP, width, 3))
+            boxes, frame_ids = self._propose(batch, frames, mosaic)
+            if len(boxes):
+                boxes, frame_ids = self._refine((canvas, mosaic), boxes, frame_ids)
+            rows = np.zeros((0, 15), dtype=np.float64)
+            if len(boxes):
+                rows, frame_ids = self._finish((canvas, mosaic), boxes, frame_ids)
+        return self._pack(rows, frame_ids, count)
+
+    def _fill_mosaic_cpu(self, frames: npt.NDArray[np.float32], mosaic: torch.Tensor
+                         ) -> None:
+        """Write every pyramid level of the frames (N, S, S, 3), -1..1, into the mosaic
+        (N, H, W, 3), 0..2, on the CPU: each level is OpenCV's INTER_AREA resize (exact pixel
+        area averages), 26 ms a 640 frame on one core, against 46 ms for
+        :meth:`_fill_mosaic_torch` and about 60 ms for ``F.interpolate(mode="area")`` (which
+        averages whole-pixel bins, not exact areas)."""
+        import cv2  # noqa: PLC0415
+
+        target = mosaic.numpy()
+        for index, frame in enumerate(frames):
+            for level in self.levels:
+                resized = cv2.resize(frame, (level.size, level.size),
+                                     interpolation=cv2.INTER_AREA)
+                np.add(resized, 1.0, out=target[index, level.top:level.top + level.size,
+                                                level.left:level.left + level.size])
+
+    def _fill_mosaic_torch(self, frames: torch.Tensor, mosaic: torch.Tensor) -> None:
+        """Write every pyramid level of the frames (N, S, S, 3), -1..1, into the mosaic
+        (N, H, W, 3), 0..2, with torch ops (for GPUs).
+
+        Each level pixel is the exact area average of the input under it (as OpenCV's
+        INTER_AREA), computed separably from running sums: down the columns for all levels at
+        once, then along the rows of each level. (Running sums along one axis stay small
+        enough for float32; a 2D summed-area table would not.)
+        """
+        import torch  # noqa: PLC0415
+
+        count, size = frames.shape[0], frames.shape[1]
+        index, frac = self._tables["corner_index"], self._tables["corner_frac"]
+        corners = len(index)
+        running = self._buffer("running", (count, size + 1, size, 3))
+        torch.cumsum(frames, dim=1, out=running[:, 1:])
+        low = self._buffer("low", (count, corners, size, 3))
+        high = self._buffer("high", (count, corners, size, 3))
+        torch.index_select(running, 1, index, out=low)
+        torch.index_select(running, 1, index + 1, out=high)
+        torch.lerp(low, high, frac[None, :, None, None], out=low)
+        # Row sums of every level's pixel rows (those between two levels mean nothing).
+        rows = high[:, :-1]
+        torch.sub(low[:, 1:], low[:, :-1], out=rows)
+        running = self._buffer("running_rows", (count, size + 1, corners - 1, 3))
+        torch.cumsum(rows.transpose(1, 2), dim=1, out=running[:, 1:])
+        start = 0
+        for level in self.levels:
+            span = level.size + 1
+            corner_index, corner_frac = index[start:start + span], frac[start:start + span]
+            block = running[:, :, start:start + level.size]
+            sums = torch.lerp(block.index_select(1, corner_index),
+                              block.index_select(1, corner_index + 1),
+                              corner_frac[None, :, None, None])
+            target = mosaic[:, level.top:level.top + level.size,
+                            level.left:level.left + level.size]
+            torch.sub(sums[:, 1:], sums[:, :-1], out=target.transpose(1, 2))
+            target.mul_((level.size / size) ** 2).add_(1.0)
+            start += span
+
+    def _propose(self, batch: np.ndarray, frames: torch.Tensor, mosaic: torch.Tensor
+                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """P-Net on the mosaic of each frame (filled here from the batch, or its copy on the
+        device): candidate squares (K, 4) and their frames (K,), after NMS within each level
+        and across levels, box regression and squaring."""
+        import torch  # noqa: PLC0415
+
+        pnet = self.model["pnet"]
+        level_of, windows = self._cells
+        valid = self._tables["valid"]
+        found: list[tuple[torch.Tensor, ...]] = []
+        chunk = self._pnet_chunk()
+        height = self.mosaic_shape[0]
+        for first in range(0, len(frames), chunk):
+            part = mosaic[first:first + chunk]
+            if mosaic.device.type == "cpu":
+                self._fill_mosaic_cpu(batch[first:first + chunk], part)
+            else:
+                self._fill_mosaic_torch(frames[first:first + chunk], part)
+            prob, offsets = pnet(part[:, :height].permute(0, 3, 1, 2))
+            frame, row, col = torch.nonzero((prob >= self.settings.threshold_1) & valid,
+                                            as_tuple=True)
+            found.append((frame + first, row, col, prob[frame, row, col],
+                          offsets[frame, :, row, col]))
+        frame_ids, rows, cols, scores, offsets = (torch.cat(parts).cpu().numpy()
+                                                  for parts in zip(*found, strict=True))
+        scores, offsets = scores.astype(np.float64), offsets.astype(np.float64)
+        boxes, levels = windows[rows, cols], level_of[rows, cols]
+        keep = nms(boxes, scores, frame_ids * len(self.levels) + levels, PNET_SCALE_NMS_IOU)
+        keep = keep[nms(boxes[keep], scores[keep], frame_ids[keep], PNET_MERGED_NMS_IOU)]
+        return self._squares(regress(boxes[keep], offsets[keep]), frame_ids[keep])
+
+    @staticmethod
+    def _squares(boxes: npt.NDArray[np.float64], frames: npt.NDArray[np.int64]
+                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """The boxes squared, without any under a pixel wide (a regression can flip one)."""
+        boxes = square(boxes)
+        keep = boxes[:, 2] - boxes[:, 0] >= 1.0
+        return boxes[keep], frames[keep]
+
+    def _crops(self, sources: tuple[torch.Tensor, torch.Tensor],
+               boxes: npt.NDArray[np.float64], frames: npt.NDArray[np.int64], size: int
+               ) -> tuple[torch.Tensor, npt.NDArray[np.intp]]:
+        """(K, 3, size, size) crops of the square boxes (K, 4) of frames (K,), 0..2, black
+        outside the input, in the order given by the returned (K,) box indices (those cut from
+        the input, then those cut from the mosaic).
+
+        Each box is sampled bilinearly, one sample per crop pixel, from the pyramid level (or
+        the input itself) where its side is nearest to :data:`CROP_SOURCE_SCALE` times
+        ``size``: the levels' area averaging keeps the crops free of aliasing, and the mild
+        shrink keeps them about as sharp as exact area-averaged crops. Each source's frames
+        are stacked into one tall image, so one ``grid_sample`` cuts all its boxes.
+
+        Parameters
+        ----------
+        sources:
+            The input (N, S + gap, S, 3) and the mosaic (N, H + gap, W, 3), 0..2, each frame
+            followed by black rows.
+        """
+        import torch  # noqa: PLC0415
+        from torch.nn import functional  # noqa: PLC0415
+
+        input_size = float(self.input_size)
+        ratios = np.array([1.0] + [level.size / input_size for level in self.levels])
+        side = boxes[:, 2] - boxes[:, 0]
+        wanted = np.log(CROP_SOURCE_SCALE * size / side)
+        choice = np.abs(np.log(ratios)[None, :] - wanted[:, None]).argmin(axis=1)
+        # Per source: scale from input pixels, offset in the frame, and side of each level.
+        scale = ratios[choice][:, None]
+        left = np.array([0] + [level.left for level in self.levels], np.float64)[choice]
+        top = np.array([0] + [level.top for level in self.levels], np.float64)[choice]
+        limit = np.array([input_size] + [level.size for level in self.levels])[choice][:, None]
+        steps = (np.arange(size) + 0.5) / size
+        xs = (boxes[:, :1] + side[:, None] * steps) * scale  # source pixels, edges at integers
+        ys = (boxes[:, 1:2] + side[:, None] * steps) * scale
+        # Outside its level (or the input) by more than the black gap, a sample would read a
+        # neighbour: it is blacked out instead.
+        inside = ((ys > -1.0) & (ys < limit + 1.0))[:, :, None] & (
+            (xs > -1.0) & (xs < limit + 1.0))[:, None, :]
+        device = sources[0].device
+        parts: list[torch.Tensor] = []
+        order = [np.flatnonzero(choice == 0), np.flatnonzero(choice > 0)]
+        for source_index, picked in enumerate(order):
+            if not len(picked):
+                continue
+            source = sources[source_index]
+            count, height, width = source.shape[:3]
+            tall = source.reshape(1, count * height, width, 3).permute(0, 3, 1, 2)
+            grid_x = (xs[picked] + left[picked, None]) * (2.0 / width) - 1.0
+            grid_y = ((ys[picked] + top[picked, None] + (frames[picked] * height)[:, None])
+                      * (2.0 / (count * height)) - 1.0)
+            grid = np.empty((1, len(picked), size, size, 2), dtype=np.float32)
+            grid[0, :, :, :, 0] = grid_x[:, None, :]
+            grid[0, :, :, :, 1] = grid_y[:, :, None]
+            sampled = functional.grid_sample(
+                tall, torch.from_numpy(grid).to(device).flatten(2, 3), mode="bilinear",
+                padding_mode="zeros", align_corners=False)  # (1, 3, K, size * size)
+            mask = torch.from_numpy(inside[picked, None].astype(np.float32)).to(device)
+            parts.append(sampled[0].transpose(0, 1).reshape(len(picked), 3, size, size) * mask)
+        crops = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return crops.contiguous(memory_format=torch.channels_last), np.concatenate(order)
+
+    def _run_net(self, name: str, sources: tuple[torch.Tensor, torch.Tensor],
+                 boxes: npt.NDArray[np.float64], frames: npt.NDArray[np.int64], size: int
+                 ) -> list[npt.NDArray[np.float64]]:
+        """Run R-Net or O-Net on ``size`` x ``size`` crops of the (at least one) boxes, in
+        chunks of :data:`CROP_CHUNK`.
+
+        Returns
+        -------
+        The net's outputs (probability, regression[, keypoints]) for every box, float64.
+        """
+        net = self.model[name]
+        outputs: list[list[npt.NDArray[np.float64]]] = []
+        for first in range(0, len(boxes), CROP_CHUNK):
+            crops, order = self._crops(sources, boxes[first:first + CROP_CHUNK],
+                                       frames[first:first + CROP_CHUNK], size)
+            results = []
+            for result in net(crops):
+                array = result.cpu().numpy().astype(np.float64)
+                results.append(np.empty_like(array))
+                results[-1][order] = array
+            outputs.append(results)
+        return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
+
+    def _refine(self, sources: tuple[torch.Tensor, torch.Tensor],
+                boxes: npt.NDArray[np.float64], frames: npt.NDArray[np.int64]
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """R-Net: keep the candidates it scores at least ``threshold_2``, NMS per frame, then
+        its box regression and squaring."""
+        prob, offsets = self._run_net("rnet", sources, boxes, frames, RNET_SIZE)
+        keep = np.flatnonzero(prob >= self.settings.threshold_2)
+        keep = keep[nms(boxes[keep], prob[keep], frames[keep], RNET_NMS_IOU)]
+        return self._squares(regress(boxes[keep], offsets[keep]), frames[keep])
+
+    def _finish(self, sources: tuple[torch.Tensor, torch.Tensor],
+                boxes: npt.NDArray[np.float64], frames: npt.NDArray[np.int64]
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """O-Net: keep the candidates it scores at least ``threshold_3``, place the keypoints,
+        regress the boxes and NMS per frame by intersection over the smaller box.
+
+        Returns
+        -------
+        (K, 15) rows (score, box, keypoint x, y pairs) by frame and falling score, and their
+        frames (K,).
+        """
+        prob, offsets, points = self._run_net("onet", sources, boxes, frames, ONET_SIZE)
+        keep = np.flatnonzero(prob >= self.settings.threshold_3)
+        boxes, frames, prob = boxes[keep], frames[keep], prob[keep]
+        offsets, points = offsets[keep], points[keep]
+        width = (boxes[:, 2] - boxes[:, 0])[:, None]
+        height = (boxes[:, 3] - boxes[:, 1])[:, None]
+        keypoints = np.stack([boxes[:, :1] + width * points[:, :5],
+                              boxes[:, 1:2] + height * points[:, 5:]], axis=2)
+        boxes = regress(boxes, offsets)
+        order = nms(boxes, prob, frames, ONET_NMS_MIN, use_min=True)
+        rows = np.concatenate([prob[:, None], boxes, keypoints.reshape(-1, 10)], axis=1)
+        return rows[order], frames[order]
+
+    @staticmethod
+    def _pack(rows: npt.NDArray[np.float64], frames: npt.NDArray[np.int64], count: int
+              ) -> npt.NDArray[np.float32]:
+        """(count, M, 15) float32 from rows sorted by frame, NaN past each frame's last."""
+        counts = np.bincount(frames, minlength=count)
+        out = np.full((count, int(counts.max(initial=0)), 15), np.nan, dtype=np.float32)
+        starts = np.cumsum(counts) - counts
+        out[frames, np.arange(len(rows)) - starts[frames]] = rows
+        return out
+
+    def post_process(self, batch: np.ndarray) -> list[npt.NDArray[np.float32]]:
+        """One (M, 14) float32 array per frame: box (left, top, right, bottom) clipped to the
+        input, then the five keypoints' (x, y), in input pixels, for every face scoring at
+        least ``score_threshold``, by falling score."""
+        size = float(self.input_size)
+        out: list[npt.NDArray[np.float32]] = []
+        for frame in np.asarray(batch, dtype=np.float32):
+            rows = frame[frame[:, 0] >= self.settings.score_threshold]  # NaN compares False
+            boxes = np.clip(rows[:, 1:5], 0.0, size)
+            keep = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
+            out.append(np.concatenate([boxes, rows[:, 5:]], axis=1)[keep].reshape(-1, 14))
+        return out
