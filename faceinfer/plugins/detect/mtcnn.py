@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -410,6 +412,11 @@ class MTCNNConfig(PluginConfig):
     """R-Net: face probability a candidate needs to go on to O-Net (0 to 1)."""
     threshold_3: float = 0.7
     """O-Net: face probability a candidate needs to be considered at all (0 to 1)."""
+    cpu_workers: int = 2
+    """On the CPU, how many threads share the frames of a batch (1 to 16), each running the
+    whole cascade on its part. The nets use several cores poorly on small inputs (about 1.3x
+    on 2 cores), so frames in parallel go faster: 107 against 123 ms a frame on 2 cores. A
+    batch of one frame always runs in one call."""
     score_threshold: float = 0.9
     """Final O-Net score a face needs to be reported (0 to 1). On the sample video false boxes
     score 0.70 to 0.86 and the real face 0.91 and up (0.98 and up with this implementation's
@@ -428,6 +435,8 @@ class MTCNNConfig(PluginConfig):
         if not 0.5 <= self.scale_factor <= 0.95:
             raise ConfigError(f"{name}.scale_factor: expected 0.5 to 0.95, "
                               f"got {self.scale_factor}")
+        if not 1 <= self.cpu_workers <= 16:
+            raise ConfigError(f"{name}.cpu_workers: expected 1 to 16, got {self.cpu_workers}")
         for key in ("threshold_1", "threshold_2", "threshold_3", "score_threshold"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
@@ -465,7 +474,8 @@ class MTCNNDetector(DetectPlugin):
         """(height, width) of the mosaic holding every pyramid level."""
         self._cells = pyramid_cells(levels, height, width, config.input_size)
         self._tables: dict[str, Any] = {}
-        self._buffers: dict[str, Any] = {}
+        self._buffers: dict[tuple[int, str], Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def load_model(self) -> None:
         """Check the weights file's sha256, build the three nets on :attr:`device` and fold the
@@ -529,11 +539,18 @@ class MTCNNDetector(DetectPlugin):
         CPU, and the mosaic's gaps must stay black."""
         import torch  # noqa: PLC0415
 
-        buffer = self._buffers.get(name)
+        key = (threading.get_ident(), name)  # each worker thread has its own
+        buffer = self._buffers.get(key)
         if buffer is None or tuple(buffer.shape) != shape:
             buffer = torch.zeros(shape, dtype=torch.float32, device=torch.device(self.device))
-            self._buffers[name] = buffer
+            self._buffers[key] = buffer
         return buffer
+
+    def _workers(self, count: int) -> int:
+        """How many threads share a batch of ``count`` frames."""
+        if self.device != "cpu":
+            return 1
+        return max(1, min(self.settings.cpu_workers, count))
 
     def process(self, batch: np.ndarray) -> np.ndarray:
         """Run the cascade on a batch of frames.
@@ -549,14 +566,28 @@ class MTCNNDetector(DetectPlugin):
         then five keypoint (x, y) pairs), in input pixels, by falling score; rows past a frame's
         last face are NaN. Not yet filtered by ``score_threshold`` nor clipped.
         """
-        import torch  # noqa: PLC0415
-
         count, size = len(batch), self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
             raise ValueError(f"mtcnn: expected (N, {size}, {size}, 3) frames, "
                              f"got {batch.shape}")
         if count == 0 or not self.levels:
             return np.full((count, 0, 15), np.nan, dtype=np.float32)
+        workers = self._workers(count)
+        if workers == 1:
+            return self._cascade(batch)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.cpu_workers,
+                                            thread_name_prefix="mtcnn-worker")
+        parts = list(self._pool.map(self._cascade, np.array_split(batch, workers)))
+        width = max(part.shape[1] for part in parts)
+        return np.concatenate([np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0)),
+                                      constant_values=np.nan) for part in parts])
+
+    def _cascade(self, batch: np.ndarray) -> npt.NDArray[np.float32]:
+        """:meth:`process` for some frames, in this thread."""
+        import torch  # noqa: PLC0415
+
+        count, size = len(batch), self.input_size
         device = torch.device(self.device)
         height, width = self.mosaic_shape
         batch = np.ascontiguousarray(batch, dtype=np.float32)
