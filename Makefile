@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/faceinfer demo -i $(SHARED)/data/faceswap_samples/test.mp4 -o demo_output
 
 lint: $(STAMP)
-	$(BIN)/ruff check faceinfer tests bench
+	$(BIN)/ruff check faceinfer tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,8 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/geometry.py
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/detect_align.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -38,7 +38,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Run the engine demo."""
+    """Run the demo."""
     from faceinfer.demo import run_demo  # noqa: PLC0415 (decoding video is only for the demo)
 
     return run_demo(args.input, args.output)
@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="include the test plugins")
     listing.set_defaults(func=_plugins)
     demo = commands.add_parser("demo", help=(
-        "run the pipeline engine with the built-in test plugins over a video (a check of the "
-        "engine, not face extraction: real models are not in this release yet)"))
+        "find the faces and 68-point landmarks of every frame of a video (mtcnn -> dlib-68) "
+        "and write them as JSON lines, with the first frames drawn as PNG"))
     demo.add_argument("-i", "--input", required=True, help="a video file")
     demo.add_argument("-o", "--output", required=True, help="folder for the demo's results")
     demo.set_defaults(func=_demo)

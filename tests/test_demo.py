@@ -1,4 +1,4 @@
-"""The engine demo that `make demo` runs, on the sample video."""
+"""The demo that `make demo` runs, on the sample video: real faces and landmarks."""
 from __future__ import annotations
 
 import json
@@ -17,11 +17,15 @@ def test_demo_runs_every_frame_of_the_sample_video(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "-i", str(VIDEO), "-o", str(tmp_path)]) == 0
     lines = (tmp_path / "frames.jsonl").read_text().splitlines()
-    frames = [json.loads(line)["frame"] for line in lines]
-    assert frames == [f"test_{n:06d}" for n in range(1, 92)]  # 91 frames, in order
+    entries = [json.loads(line) for line in lines]
+    assert [e["frame"] for e in entries] == [f"test_{n:06d}" for n in range(1, 92)]  # in order
+    # The painted face of the sample video, with its 68 landmarks, in every frame.
+    assert all(len(e["faces"]) == 1 for e in entries)
+    assert all(len(e["faces"][0]["landmarks_xy"]) == 68 for e in entries)
+    assert all(0.0 <= e["faces"][0]["align_score"] < 0.1 for e in entries)
     assert len(list(tmp_path.glob("*.png"))) == 5
     printed = capsys.readouterr().out
-    assert "TEST plugins" in printed
+    assert "Frames: 91, faces found: 91" in printed
     assert str(tmp_path) in printed
 
 
