@@ -13,17 +13,17 @@ import faceinfer
 from tests.conftest import SHARED
 
 CHECK_API = SHARED / "spec" / "check_api.py"
-ENGINE_MODULES = ("objects", "iterator", "runner", "handler", "plugin_utils")
+COMPLETE_MODULES = ("objects", "iterator", "runner", "handler", "plugin_utils", "detect", "align")
 
 
 @pytest.mark.skipif(not CHECK_API.is_file(), reason=f"{CHECK_API} not found (../shared absent)")
-def test_every_member_of_the_engine_modules_is_present() -> None:
+def test_every_member_of_the_complete_modules_is_present() -> None:
     result = subprocess.run([sys.executable, str(CHECK_API)], capture_output=True, text=True,
                             check=False, timeout=300)
     lines = result.stdout.splitlines()
     assert lines, result.stderr
     assert lines[-1].startswith("API:"), result.stdout + result.stderr
-    engine = re.compile(rf"faceinfer\.({'|'.join(ENGINE_MODULES)})\.")
+    engine = re.compile(rf"faceinfer\.({'|'.join(COMPLETE_MODULES)})\.")
     short = [line for line in lines[:-1] if engine.search(line)]
     assert not short, "\n".join(short)
 
