@@ -26,6 +26,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import psutil
 
 from faceinfer import Align, Detect, ExtractRunner
 from faceinfer.objects import ExtractBatch
@@ -111,15 +112,26 @@ def main() -> int:
     warm = frames[:16]
     plain_loop(warm, re_align)  # warm-up: model loading, first torch calls
     pipeline(warm, re_align)
+    process = psutil.Process()
+    cpu = process.cpu_times()
     loop_s, loop_faces = plain_loop(frames, re_align)
+    middle = process.cpu_times()
     pipe_s, pipe_faces = pipeline(frames, re_align)
+    end = process.cpu_times()
+    loop_cpu = (middle.user + middle.system - cpu.user - cpu.system) / len(frames)
+    pipe_cpu = (end.user + end.system - middle.user - middle.system) / len(frames)
+    cores = psutil.cpu_count() or 1
     loop_fps = len(frames) / loop_s
     pipe_fps = len(frames) / pipe_s
     ratio = pipe_fps / loop_fps
     print(f"Detect (mtcnn) + Align (dlib-68{', re-align' if re_align else ''}) on "
           f"{len(frames)} frames ({args.frames} video frames looped + photos)")
-    print(f"  plain loop, one frame at a time: {loop_fps:7.1f} frames/s  ({loop_faces} faces)")
-    print(f"  pipeline:                        {pipe_fps:7.1f} frames/s  ({pipe_faces} faces)")
+    print(f"  plain loop, one frame at a time: {loop_fps:7.1f} frames/s  ({loop_faces} faces), "
+          f"{loop_cpu * 1000:.0f} CPU-ms a frame, {loop_cpu * loop_fps / cores:.0%} of "
+          f"{cores} cores")
+    print(f"  pipeline:                        {pipe_fps:7.1f} frames/s  ({pipe_faces} faces), "
+          f"{pipe_cpu * 1000:.0f} CPU-ms a frame, {pipe_cpu * pipe_fps / cores:.0%} of "
+          f"{cores} cores")
     print(f"  ratio {ratio:.2f} (target >= {TARGET_RATIO})")
     print(json.dumps({"pipeline_fps": round(pipe_fps, 2), "loop_fps": round(loop_fps, 2),
                       "ratio": round(ratio, 3)}))
