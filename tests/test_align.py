@@ -364,3 +364,31 @@ def test_align_stage_filters_through_its_settings(caplog: pytest.LogCaptureFixtu
     assert ": 3" in caplog.text
     with pytest.raises(ConfigError, match="filter"):
         Align("test-landmarks", filter_settings={"sharpness": 1.0})
+
+
+def test_known_faces_with_keypoints_put_into_an_aligner_first_chain() -> None:
+    """Faces given with put(detected_faces=...) keep their keypoints through the pipeline, and
+    the aligner's first crop comes from them (an upright crop, not the box's square)."""
+    from faceinfer.objects import DetectedFace
+
+    frame = make_frame(2)
+    boxes = blob_boxes(2)
+    points = np.stack([np.array([[4, 5], [11, 5], [8, 9], [5, 12], [11, 12]], np.float32)
+                       + box[:2] for box in boxes])
+    faces = [DetectedFace(int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1]),
+                          keypoints=p) for b, p in zip(boxes, points, strict=True)]
+    pipeline = Align("test-landmarks")()
+    with pipeline:
+        pipeline.put("known", frame, detected_faces=faces)
+        pipeline.stop()
+        out = list(pipeline)
+    assert len(out) == 1
+    np.testing.assert_array_equal(out[0].keypoints, points)
+    np.testing.assert_array_equal(out[0].bboxes, boxes)
+    handler = Align("test-landmarks")
+    batch = ExtractBatch(["known"], [frame])
+    batch.set_faces(boxes, np.zeros(2, np.int32), points)
+    from_points = handler.first_pass_matrices(batch)
+    batch.set_faces(boxes, np.zeros(2, np.int32))
+    from_boxes = handler.first_pass_matrices(batch)
+    assert not np.allclose(from_points, from_boxes)

@@ -938,3 +938,83 @@ def test_frame_faces_to_alignment_without_data() -> None:
     assert frame_faces_to_alignment(media) == [
         {"x": 1, "y": 2, "w": 3, "h": 6, "landmarks_xy": [], "mask": {}, "identity": {}}]
     assert frame_faces_to_alignment(FrameFaces("b", np.zeros((4, 4, 3), np.uint8))) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Detector keypoints, align scores and the box convention
+
+
+def with_keypoints(batch: ExtractBatch) -> ExtractBatch:
+    """Give every face of the batch distinct keypoints and align scores, and a box convention."""
+    count = batch.num_faces
+    batch.keypoints = (np.arange(count)[:, None, None] * 100.0
+                       + np.arange(10).reshape(1, 5, 2)).astype(np.float32)
+    batch.align_scores = (np.arange(count) / 100.0).astype(np.float32)
+    batch.face_box = (-0.1, -0.2, 1.1, 1.2)
+    return batch
+
+
+def test_keypoints_and_scores_follow_their_faces_through_split_and_append() -> None:
+    original = with_keypoints(make_batch([2, 0, 3, 1]))
+    parts = with_keypoints(make_batch([2, 0, 3, 1])).split(3, 2)
+    assert len(parts) == 3
+    start = 0
+    for part in parts:
+        stop = start + part.num_faces
+        np.testing.assert_array_equal(part.keypoints, original.keypoints[start:stop])
+        np.testing.assert_array_equal(part.align_scores, original.align_scores[start:stop])
+        assert part.face_box == original.face_box
+        start = stop
+    joined = join_all(parts)
+    np.testing.assert_array_equal(joined.keypoints, original.keypoints)
+    np.testing.assert_array_equal(joined.align_scores, original.align_scores)
+    assert joined.face_box == original.face_box
+
+
+def test_keypoints_and_scores_follow_apply_mask_and_frames() -> None:
+    batch = with_keypoints(make_batch([2, 3]))
+    keep = np.array([True, False, True, False, True])
+    expected_points, expected_scores = batch.keypoints[keep], batch.align_scores[keep]
+    batch.apply_mask(keep)
+    np.testing.assert_array_equal(batch.keypoints, expected_points)
+    np.testing.assert_array_equal(batch.align_scores, expected_scores)
+    frames = batch.to_frame_faces()
+    np.testing.assert_array_equal(frames[0].keypoints, expected_points[:1])
+    np.testing.assert_array_equal(frames[1].align_scores, expected_scores[1:])
+    face = frames[1].detected_faces[1]
+    assert face.keypoints is not None
+    np.testing.assert_array_equal(face.keypoints, expected_points[2])
+    assert face.align_score == pytest.approx(float(expected_scores[2]))
+    again = ExtractBatch.from_frames(frames)
+    np.testing.assert_array_equal(again.keypoints, expected_points)
+    np.testing.assert_array_equal(again.align_scores, expected_scores)
+    single = ExtractBatch(["one"], [np.zeros((6, 8, 3), np.uint8)])
+    single.from_detected_faces(frames[1].detected_faces)
+    np.testing.assert_array_equal(single.keypoints, expected_points[1:])
+    np.testing.assert_array_equal(single.align_scores, expected_scores[1:])
+
+
+def test_set_faces_resets_scores_and_checks_keypoints() -> None:
+    batch = with_keypoints(make_batch([2]))
+    batch.set_faces(np.array([[0, 0, 4, 4]]), np.array([0]))
+    assert batch.keypoints.shape == (1, 0, 2)
+    assert np.isnan(batch.align_scores).all()
+    with pytest.raises(ValueError, match="keypoints"):
+        batch.set_faces(np.array([[0, 0, 4, 4]]), np.array([0]), np.zeros((2, 5, 2)))
+
+
+def test_faces_with_and_without_keypoints_join_with_nan_keypoints() -> None:
+    first = with_keypoints(make_batch([2], prefix="a"))
+    second = make_batch([1], first_number=5, prefix="b")
+    second.face_box = None
+    first.append(second)
+    assert first.keypoints.shape == (3, 5, 2)
+    assert np.isnan(first.keypoints[2]).all()
+    assert np.isfinite(first.keypoints[:2]).all()
+    assert first.face_box is None, "faces of different detectors have no common convention"
+    frame = make_frame_faces(1, keypoints=np.ones((1, 5, 2)))
+    frame.append(make_frame_faces(2, offset=1))
+    assert frame.keypoints.shape == (3, 5, 2)
+    assert np.isnan(frame.keypoints[1:]).all()
+    assert frame.detected_faces[0].keypoints is not None
+    assert frame.detected_faces[0].align_score is None
