@@ -200,11 +200,10 @@ class Detect(ExtractHandler):
             assert rotated is not None
             boxes = self._decode(self.predict(self._prepare(rotated)), len(pending))
             hit = np.array([len(b) > 0 for b in boxes], dtype=np.bool_)
-            for frame, frame_boxes in zip(pending[hit].tolist(),
-                                          [b for b, h in zip(boxes, hit, strict=True) if h],
-                                          strict=True):
-                found[frame] = frame_boxes
-                angle_of[frame] = index
+            for frame, frame_boxes in zip(pending.tolist(), boxes, strict=True):
+                if len(frame_boxes):
+                    found[frame] = frame_boxes
+                    angle_of[frame] = index
             self._found_at[index] += int(hit.sum())
             pending = pending[~hit]
             if not len(pending):
