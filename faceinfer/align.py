@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from faceinfer.errors import ConfigError, PluginError
 from faceinfer.geometry.aligned import warp_aligned
-from faceinfer.geometry.constants import KEYPOINTS_5_LEGACY, MEAN_FACE_2D_51, LandmarkType
+from faceinfer.geometry.constants import KEYPOINTS_5_LEGACY, MEAN_FACE_2D_51, FaceBox, LandmarkType
 from faceinfer.geometry.landmarks import landmarks_68
 from faceinfer.geometry.umeyama import legacy_matrices, umeyama
 from faceinfer.handler import ExtractHandler, HandlerType, format_images, shrink_interpolation
@@ -68,8 +68,8 @@ def _unit_square_roi(matrices: npt.NDArray[np.float64]) -> npt.NDArray[np.int32]
 
 
 def convert_boxes(bboxes: npt.NDArray[np.integer[Any]],
-                  source: tuple[float, float, float, float] | None,
-                  target: tuple[float, float, float, float] | None) -> npt.NDArray[np.int32]:
+                  source: FaceBox | None,
+                  target: FaceBox | None) -> npt.NDArray[np.int32]:
     """Convert detector boxes from one box convention to another.
 
     Parameters

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from faceinfer.aligned_batch import ExtractBatchAligned, as_boolean
 from faceinfer.formats.types import MaskAlignments, PNGAlignments, PNGSource
-from faceinfer.geometry.constants import CenteringType, LandmarkType
+from faceinfer.geometry.constants import CenteringType, FaceBox, LandmarkType
 
 __all__ = ["DetectedFace", "ExtractBatch", "ExtractBatchAligned", "ExtractBatchMask",
            "ExtractSignal", "FrameFaces", "frame_faces_to_alignment"]
@@ -229,7 +229,7 @@ class ExtractBatch:
     """(N, K, 2) the detector's facial keypoints (x, y) in frame pixels; K is 0 for detectors
     that find none, 5 for eyes, nose tip and mouth corners (see
     :attr:`~faceinfer.plugins.base.DetectPlugin.keypoints`)."""
-    face_box: tuple[float, float, float, float] | None = field(init=False, default=None)
+    face_box: FaceBox | None = field(init=False, default=None)
     """The box convention of the detector that found the faces (see
     :attr:`~faceinfer.plugins.base.DetectPlugin.face_box`), or None if unknown."""
     align_scores: npt.NDArray[np.float32] = field(init=False, default_factory=_unknown_scores)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer.errors import ConfigError
-from faceinfer.geometry.constants import Centering, LandmarkType
+from faceinfer.geometry.constants import Centering, FaceBox, LandmarkType
 
 REFERENCE_FACE_BOX = (-0.15 / 0.7, -0.15 / 0.7, 1.0 + 0.15 / 0.7, 1.0 + 0.15 / 0.7)
 """A detection-like box around the legacy mean face: the face in its middle 70%, as the
@@ -206,7 +206,7 @@ class DetectPlugin(ExtractPlugin):
     """How many (x, y) facial keypoints the detector finds with each box: 0, or 5 for the
     usual layout (eye on the image's left, eye on its right, nose tip, mouth corner on the
     image's left, mouth corner on its right)."""
-    face_box: ClassVar[tuple[float, float, float, float] | None] = None
+    face_box: ClassVar[FaceBox | None] = None
     """Where the detector's box sits on an upright face, as (left, top, right, bottom) in the
     legacy-normalized face space of :data:`MEAN_FACE_2D_51` (measured on annotated faces), or
     None if unknown. Aligners use it to convert boxes to the convention they were trained on."""
@@ -228,7 +228,7 @@ class AlignPlugin(ExtractPlugin):
     landmark_type: ClassVar[LandmarkType] = LandmarkType.LM_2D_68
     """The landmark layout the plugin outputs."""
 
-    face_box: ClassVar[tuple[float, float, float, float] | None] = None
+    face_box: ClassVar[FaceBox | None] = None
     """The box convention the aligner was trained on: where such a box sits on an upright
     face, (left, top, right, bottom) in legacy-normalized face space. Boxes from detectors that
     declare their own convention are converted to it before :meth:`roi`. None: boxes are used

