@@ -280,13 +280,19 @@ class ExtractHandlerFace(ExtractHandler):
         """(N, 3, 3) ``frame_to_crop``: frame pixels to the normalized plugin crop, which covers
         [0, 1] x [0, 1] (crop pixel i at i / input_size).
 
-        Faces with 2D landmarks are aligned to the mean face at the plugin's centering and input
+        Plugins with their own crop convention give it through
+        :meth:`~faceinfer.plugins.base.FacePlugin.crop_matrices` (68-point faces). Other faces
+        with 2D landmarks are aligned to the mean face at the plugin's centering and input
         size, padding included. Faces without landmarks get a square crop around their box,
         padded by the centering's ratio."""
         aligned = batch.aligned
         if aligned.landmarks is None or aligned.landmark_type == LandmarkType.LM_3D_26:
             return box_crop_matrices(batch.bboxes.astype(np.float32),
                                      EXTRACT_RATIOS[self.plugin.centering])
+        if aligned.landmark_type == LandmarkType.LM_2D_68:
+            own = self.plugin.crop_matrices(aligned.landmarks)
+            if own is not None:
+                return np.asarray(own, dtype=np.float32)
         size = self.plugin.input_size
         centering = self.plugin.centering
         out = aligned_matrices(aligned.matrices, size, centering, aligned.offsets(centering))

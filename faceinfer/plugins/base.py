@@ -279,11 +279,33 @@ class FacePlugin(ExtractPlugin):
     def _extra_spec(self) -> dict[str, Any]:
         return {"centering": self.centering, "storage_name": self.storage_name}
 
+    def crop_matrices(self, landmarks: npt.NDArray[np.float32]
+                      ) -> npt.NDArray[np.float64] | None:
+        """Hook for plugins trained on their own crop convention rather than on a faceinfer
+        centering. Default: None, and the stage crops at :attr:`centering`.
+
+        Parameters
+        ----------
+        landmarks:
+            (N, 68, 2) the faces' landmarks in frame pixels.
+
+        Returns
+        -------
+        (N, 3, 3) matrices taking frame pixels to the normalized crop, which covers
+        [0, 1] x [0, 1] (crop pixel i at i / input_size); or None to use the centering.
+        """
+        del landmarks
+        return None
+
 
 class MaskPlugin(FacePlugin):
     """A mask plugin."""
 
     plugin_type: ClassVar[PluginType] = "mask"
+    uses_landmarks: ClassVar[bool] = False
+    """True if the plugin draws its masks from landmarks rather than from pixels: its
+    :meth:`pre_process` then receives (N, P, 2) float32 landmarks in crop pixels (x, y), not
+    images."""
 
     @abstractmethod
     def post_process(self, batch: np.ndarray) -> npt.NDArray[np.float32]:
