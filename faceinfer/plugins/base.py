@@ -316,6 +316,9 @@ class IdentityPlugin(FacePlugin):
     """An identity (face recognition) plugin."""
 
     plugin_type: ClassVar[PluginType] = "identity"
+    threshold: ClassVar[float | None] = None
+    """The cosine similarity at and above which two of the plugin's embeddings are taken to be
+    the same person, as measured for its model; None if not measured."""
 
     @abstractmethod
     def post_process(self, batch: np.ndarray) -> npt.NDArray[np.float32]:
