@@ -21,7 +21,7 @@ from faceinfer.config import resolve_config
 from faceinfer.device import resolve_device
 from faceinfer.errors import OOM_MESSAGE, FaceswapError, OutOfMemoryError, PluginError
 from faceinfer.geometry.aligned import aligned_matrices, warp_aligned
-from faceinfer.geometry.constants import EXTRACT_RATIOS, LandmarkType
+from faceinfer.geometry.constants import EXTRACT_RATIOS, Centering, LandmarkType
 from faceinfer.geometry.crop import box_crop_matrices
 from faceinfer.objects import ExtractBatch
 from faceinfer.plugins.base import (
@@ -261,8 +261,17 @@ class ExtractHandler(ABC):
 class ExtractHandlerFace(ExtractHandler):
     """A handler for plugins that take aligned faces (mask and identity).
 
-    Until the geometry issue lands, faces are cut as square crops around their landmarks (or
-    their boxes when there are none), padded by the plugin's centering ratio.
+    Each face is cut at the plugin's input size and centering through :meth:`face_matrices`:
+    faces with 2D landmarks are aligned to the mean face (or cut by the plugin's own
+    :meth:`~faceinfer.plugins.base.FacePlugin.crop_matrices`), faces without landmarks get a
+    square crop around their box.
+
+    Aligned input (``batch.is_aligned``, e.g. faces re-loaded from extracted PNGs, landmarks in
+    their frames' pixels) follows faceswap's convention for extracted faces: each image is the
+    aligned crop of its face's landmarks at the image's own size and head centering, or at the
+    centering its frame metadata names under ``centering``. The plugin's crop is cut from it
+    through ``frame_to_crop @ inverse(frame_to_image)``, so it matches the crop the frame
+    itself gives.
     """
 
     plugin: FacePlugin
@@ -299,25 +308,84 @@ class ExtractHandlerFace(ExtractHandler):
         out[:, :2] /= size
         return out.astype(np.float32)
 
+    @staticmethod
+    def aligned_centering(batch: ExtractBatch, index: int) -> Centering:
+        """The centering of aligned input image ``index``: the ``centering`` its frame metadata
+        names, else head (faceswap's centering for extracted faces).
+
+        Raises
+        ------
+        ValueError
+            If the metadata names no known centering.
+        """
+        metadata: Mapping[str, Any] = ({} if batch.frame_metadata is None
+                                       else batch.frame_metadata[index])
+        value = metadata.get("centering", Centering.HEAD)
+        try:
+            return Centering(value)
+        except ValueError:
+            raise ValueError(f"{batch.filenames[index]}: expected an aligned face centering of "
+                             f"legacy, face or head in its metadata, got {value!r}") from None
+
+    def aligned_image_matrices(self, batch: ExtractBatch) -> npt.NDArray[np.float64]:
+        """(N, 3, 3) ``frame_to_image`` for aligned input: each face's frame pixels to the
+        pixels of its aligned image, taken to be the aligned crop of the face's landmarks at the
+        image's side and centering (see :meth:`aligned_centering`).
+
+        Raises
+        ------
+        ValueError
+            If the faces have no landmarks or an image is not square.
+        """
+        if batch.landmarks is None:
+            raise ValueError(f"{batch.filenames[0]}: aligned face images are cut again from the "
+                             "landmarks they were aligned with; expected landmarks, got none")
+        keys: list[tuple[int, Centering]] = []
+        for index, image in enumerate(batch.images):
+            if image.shape[0] != image.shape[1]:
+                raise ValueError(f"{batch.filenames[index]}: expected a square aligned face "
+                                 f"image, got {image.shape[1]}x{image.shape[0]}")
+            keys.append((int(image.shape[0]), self.aligned_centering(batch, index)))
+        face_keys = [keys[frame] for frame in batch.frame_ids.tolist()]
+        out = np.empty((batch.num_faces, 3, 3), dtype=np.float64)
+        aligned = batch.aligned
+        for side, centering in set(face_keys):
+            faces = np.array([key == (side, centering) for key in face_keys])
+            out[faces] = aligned_matrices(aligned.matrices[faces], side, centering,
+                                          aligned.offsets(centering)[faces])
+        return out
+
     def face_images(self, batch: ExtractBatch, matrices: npt.NDArray[np.float32]
                     ) -> npt.NDArray[np.uint8]:
-        """(N, S, S, 3) uint8 BGR crops of the batch's faces at the plugin's input size."""
-        if batch.is_aligned:
-            size = self.plugin.input_size
-            return np.stack([cv2.resize(batch.images[i], (size, size),
-                                        interpolation=cv2.INTER_AREA)
-                             for i in batch.frame_ids.tolist()]).astype(np.uint8)
+        """(N, S, S, 3) uint8 BGR crops of the batch's faces at the plugin's input size, cut
+        through ``matrices`` (frame pixels -> normalized crop) out of the frames, or out of the
+        aligned images for aligned input (see the class docstring)."""
         size = self.plugin.input_size
-        to_pixels = np.diag([float(size), float(size), 1.0])
-        return warp_aligned(batch.images, batch.frame_ids, to_pixels @ matrices, size,
+        frame_to_crop = np.diag([float(size), float(size), 1.0]) @ matrices
+        if batch.is_aligned:
+            frame_to_crop = frame_to_crop @ np.linalg.inv(self.aligned_image_matrices(batch))
+        return warp_aligned(batch.images, batch.frame_ids, frame_to_crop, size,
                             shrink_interpolation(self.plugin))
 
     def frame_sizes(self, batch: ExtractBatch) -> npt.NDArray[np.int64]:
-        """(N, 2) the (height, width) of each face's frame."""
-        if batch.frame_sizes is not None:
-            sizes = batch.frame_sizes
-        else:
+        """(N, 2) the (height, width) of each face's frame. For aligned input: the batch's
+        ``frame_sizes``, else each frame metadata's ``source_frame_dims``.
+
+        Raises
+        ------
+        ValueError
+            For aligned input whose frame sizes are not known.
+        """
+        sizes: list[tuple[int, int]] | None = batch.frame_sizes
+        if sizes is None and not batch.is_aligned:
             sizes = [(int(i.shape[0]), int(i.shape[1])) for i in batch.images]
+        if sizes is None and batch.frame_metadata is not None:
+            dims = [meta.get("source_frame_dims") for meta in batch.frame_metadata]
+            if all(dim is not None for dim in dims):
+                sizes = [(int(dim[0]), int(dim[1])) for dim in dims if dim is not None]
+        if sizes is None:
+            raise ValueError(f"{batch.filenames[0]}: aligned faces need the size of their frame "
+                             "(frame_size, or source_frame_dims in the frame metadata)")
         return np.asarray(sizes, dtype=np.int64).reshape(-1, 2)[batch.frame_ids]
 
     def pre_process(self, batch: ExtractBatch) -> None:

@@ -166,6 +166,28 @@ class ExtractBatchMask:
                 "stored_size": int(stored),
                 "stored_centering": str(self.centering)}
 
+    @staticmethod
+    def decode(stored: MaskAlignments) -> npt.NDArray[np.uint8]:
+        """The (stored_size, stored_size) uint8 mask held in a stored mask (the inverse of
+        :meth:`to_alignment`'s compression). Warp it to its frame through ``affine_matrix``
+        (frame -> stored-mask pixels) with ``WARP_INVERSE_MAP``.
+
+        Raises
+        ------
+        ValueError
+            If the mask bytes do not decompress to ``stored_size`` squared bytes.
+        """
+        side = int(stored["stored_size"])
+        try:
+            raw = zlib.decompress(stored["mask"])
+        except zlib.error as err:
+            raise ValueError(f"expected zlib-compressed mask bytes, got undecodable data: "
+                             f"{err}") from None
+        if side < 1 or len(raw) != side * side:
+            raise ValueError(f"expected {side} x {side} = {side * side} mask bytes for a stored "
+                             f"size of {side}, got {len(raw)}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(side, side).copy()
+
 
 def _concat_dicts(left: dict[str, Any], right: dict[str, Any], left_faces: int, right_faces: int,
                   what: str) -> dict[str, Any]:

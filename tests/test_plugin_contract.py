@@ -29,10 +29,14 @@ def plugin_params(kind: PluginType) -> list[Any]:
             for name in list_plugins(kind, include_test=True)]
 
 
-def face_batch(faces: int) -> ExtractBatch:
-    """One frame with ``faces`` blobs and their boxes (and landmarks from the test aligner)."""
+def face_batch(faces: int, landmarks: bool = False) -> ExtractBatch:
+    """One frame with ``faces`` blobs and their boxes, and with ``landmarks`` the test
+    aligner's 68 landmarks on them."""
     batch = ExtractBatch(["frame"], [make_frame(faces)])
     batch.set_faces(blob_boxes(faces), np.zeros(faces, dtype=np.int32))
+    if landmarks:
+        run_stage(Align("test-landmarks"), batch)
+        batch.clear_transient()
     return batch
 
 
@@ -98,7 +102,7 @@ def test_aligner_contract(name: str, faces: int) -> None:
 def test_mask_contract(name: str, faces: int) -> None:
     handler = Mask(name)
     handler.init_model()
-    first, second = run_stage(handler, face_batch(faces)), run_stage(handler, face_batch(faces))
+    first, second = (run_stage(handler, face_batch(faces, landmarks=True)) for _ in range(2))
     stored = first.masks[handler.storage_name]
     assert stored.masks.dtype == np.uint8
     assert stored.masks.shape[0] == faces
@@ -113,7 +117,7 @@ def test_mask_contract(name: str, faces: int) -> None:
 def test_identity_contract(name: str, faces: int) -> None:
     handler = Identity(name)
     handler.init_model()
-    first, second = run_stage(handler, face_batch(faces)), run_stage(handler, face_batch(faces))
+    first, second = (run_stage(handler, face_batch(faces, landmarks=True)) for _ in range(2))
     embeddings = first.identities[handler.storage_name]
     assert embeddings.dtype == np.float32
     assert embeddings.ndim == 2
