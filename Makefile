@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/geometry.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/detect_align.py
+	$(BIN)/python bench/identity.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,8 @@ import faceinfer
 from tests.conftest import SHARED
 
 CHECK_API = SHARED / "spec" / "check_api.py"
-COMPLETE_MODULES = ("objects", "iterator", "runner", "handler", "plugin_utils", "detect", "align")
+COMPLETE_MODULES = ("objects", "iterator", "runner", "handler", "plugin_utils", "detect", "align",
+                    "mask", "identity")
 
 
 @pytest.mark.skipif(not CHECK_API.is_file(), reason=f"{CHECK_API} not found (../shared absent)")

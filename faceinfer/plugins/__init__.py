@@ -11,6 +11,7 @@ _BUILTIN = (
     "faceinfer.plugins.detect.mtcnn",
     "faceinfer.plugins.detect.dlib_detectors",
     "faceinfer.plugins.align.dlib_68",
+    "faceinfer.plugins.identity.dlib_resnet",
     "faceinfer.plugins.mask.landmarks",
     "faceinfer.plugins.detect.testing",
     "faceinfer.plugins.detect.noop",
