@@ -18,8 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The demo: a real extraction with the default plugins (mtcnn -> dlib-68, re-aligned) of the
+# samples in examples/ (see examples/NOTICE.txt), faces and alignments under demo-output/.
+DEMO := demo-output
 demo: $(STAMP)
-	$(BIN)/faceinfer demo -i $(SHARED)/data/faceswap_samples/test.mp4 -o demo_output
+	rm -rf $(DEMO)
+	$(BIN)/faceinfer extract -i examples/test.mp4 -o $(DEMO)/test -p $(DEMO)/test_alignments.fia
+	$(BIN)/faceinfer extract -i examples/photos -o $(DEMO)/photos -p $(DEMO)/photos_alignments.fia
 
 lint: $(STAMP)
 	$(BIN)/ruff check faceinfer tests bench tools
@@ -38,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/detect_align.py
 	$(BIN)/python bench/identity.py
+	$(BIN)/python bench/extract.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) demo_output .pytest_cache .mypy_cache .ruff_cache

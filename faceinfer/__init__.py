@@ -4,9 +4,16 @@ Build a chain by calling stage handlers in order; the last runner is the pipelin
 
     from faceinfer import Align, Detect
     pipeline = Align("test-landmarks")(Detect("test-blobs")())
+
+The whole application (``faceinfer extract`` on the command line) is one call::
+
+    from faceinfer import extract
+    summary = extract("clip.mp4", "faces")
 """
 from faceinfer._registry import list_plugins, register_plugin
+from faceinfer._version import __version__
 from faceinfer.align import Align
+from faceinfer.app import ExtractSettings, ExtractSummary, extract
 from faceinfer.detect import Detect
 from faceinfer.errors import FaceInferError, FaceswapError, OutOfMemoryError
 from faceinfer.handler import FileHandler
@@ -24,15 +31,15 @@ from faceinfer.runner import ExtractRunner, get_pipeline
 File = FileHandler
 """The reference's name for the pass-through handler."""
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Align",
     "Detect",
     "DetectedFace",
     "ExtractBatch",
     "ExtractRunner",
+    "ExtractSettings",
     "ExtractSignal",
+    "ExtractSummary",
     "FaceInferError",
     "FaceswapError",
     "File",
@@ -42,6 +49,7 @@ __all__ = [
     "Mask",
     "OutOfMemoryError",
     "__version__",
+    "extract",
     "frame_faces_to_alignment",
     "get_pipeline",
     "list_plugins",
