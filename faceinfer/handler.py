@@ -24,6 +24,14 @@ from faceinfer.geometry.aligned import aligned_matrices, warp_aligned
 from faceinfer.geometry.constants import EXTRACT_RATIOS, Centering, LandmarkType
 from faceinfer.geometry.crop import box_crop_matrices
 from faceinfer.objects import ExtractBatch
+from faceinfer.plugin_utils import (
+    CompiledWarmup,
+    compile_models,
+    get_torch_modules,
+    pad_batch,
+    trim_output,
+    warmup_plugin,
+)
 from faceinfer.plugins.base import (
     ExtractPlugin,
     FacePlugin,
@@ -150,6 +158,7 @@ class ExtractHandler(ABC):
         self._runner: ExtractRunner[Any] | None = None
         self._model_lock = threading.RLock()
         self._model_ready = False
+        self._compiled = False
 
     def _load_plugin(self, plugin: str, config_file: str | None,
                      config: Mapping[str, Any] | None) -> ExtractPlugin:
@@ -211,23 +220,66 @@ class ExtractHandler(ABC):
                          plugin.device)
             plugin.load_model()
             if self.do_compile:
-                from faceinfer.plugin_utils import (  # noqa: PLC0415 (imports torch)
-                    compile_models,
-                    get_torch_modules,
-                )
-
-                modules = get_torch_modules(plugin.model)
-                if modules:
-                    compile_models(plugin, modules)
-                else:
-                    logger.debug("Plugin '%s' has no torch modules to compile", self.plugin_name)
+                self._compile()
             self._model_ready = True
+
+    def _compile(self) -> None:
+        """Compile the plugin's torch modules and warm them up at the full batch size, so that
+        no call compiles later (:meth:`predict` pads short batches). The channel order of the
+        plugin's input is found first, by an uncompiled batch of one.
+
+        Raises
+        ------
+        PluginError
+            If the plugin takes no random input of its declared spec, compiled or not.
+        """
+        plugin = self.plugin
+        modules = get_torch_modules(plugin.model)
+        if not modules:
+            logger.debug("Plugin '%s' has no torch modules to compile", self.plugin_name)
+            return
+        channels_last = warmup_plugin(plugin, 1)
+        if channels_last is None:
+            raise PluginError(f"{self.plugin_type} plugin '{self.plugin_name}' takes neither "
+                              "channels-first nor channels-last input of its spec, so it "
+                              "cannot be warmed up for compiling")
+        logger.debug("Plugin '%s' takes channels-%s input", self.plugin_name,
+                     "last" if channels_last else "first")
+        for fullgraph in (True, False):
+            compile_models(plugin, modules, fullgraph=fullgraph)
+            if self._warmup_compiled(channels_last):
+                break
+            if fullgraph:
+                logger.debug("Plugin '%s' does not compile as whole graphs: allowing graph "
+                             "breaks", self.plugin_name)
+        else:
+            raise PluginError(f"{self.plugin_type} plugin '{self.plugin_name}' fails once "
+                              "compiled: run without compiling (see the debug log)")
+        self._compiled = True
+
+    def _warmup_compiled(self, channels_last: bool) -> bool:
+        """Warm up the compiled plugin: its own shapes first, in this thread (see
+        :class:`~faceinfer.plugin_utils.CompiledWarmup`; a plugin's worker threads compiling
+        the same graph at once would each compile it), then a random batch of the full batch
+        size. False if either fails."""
+        plugin = self.plugin
+        if isinstance(plugin, CompiledWarmup):
+            try:
+                plugin.warmup_compiled()
+            except Exception as err:  # noqa: BLE001 (a failed warm-up is an answer)
+                logger.debug("Compiled warm-up of '%s' failed: %s", self.plugin_name, err)
+                return False
+        return warmup_plugin(plugin, self.batch_size, channels_last) is not None
 
     def output_info(self) -> None:  # noqa: B027 (optional hook: most stages count nothing)
         """Log what the stage counted (filters and the like). Called once, at shutdown."""
 
     def predict(self, feed: np.ndarray) -> np.ndarray:
         """Run the plugin's model on a prepared batch, serialised with any direct calls.
+
+        Once the model is compiled, a batch shorter than the batch size is zero-padded to it,
+        so the compiled shapes hold, and the output is trimmed back (see
+        :func:`~faceinfer.plugin_utils.trim_output`).
 
         Raises
         ------
@@ -236,7 +288,11 @@ class ExtractHandler(ABC):
         """
         with self._model_lock:
             try:
-                return self.plugin.process(feed)
+                count = len(feed)
+                if not self._compiled or not 0 < count < self.batch_size:
+                    return self.plugin.process(feed)
+                output = self.plugin.process(pad_batch(feed, self.batch_size))
+                return trim_output(output, count, self.batch_size)  # type: ignore[no-any-return]
             except Exception as err:
                 if not _is_out_of_memory(err):
                     raise
@@ -423,6 +479,7 @@ class FileHandler(ExtractHandler):
         self._runner = None
         self._model_lock = threading.RLock()
         self._model_ready = True
+        self._compiled = False
 
     def __call__(self, input_plugin: ExtractHandler | ExtractRunner[Any] | None = None,
                  profile: bool = False) -> ExtractRunner[Any]:

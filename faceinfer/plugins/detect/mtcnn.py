@@ -36,6 +36,7 @@ import numpy.typing as npt
 from faceinfer._registry import register_plugin
 from faceinfer.errors import ConfigError, PluginError
 from faceinfer.geometry.constants import FACE_BOX_MTCNN, FaceBox
+from faceinfer.plugin_utils import is_compiled
 from faceinfer.plugins.base import DetectPlugin, PluginConfig
 
 if TYPE_CHECKING:
@@ -67,6 +68,15 @@ ONET_SIZE = 48
 """O-Net's input side."""
 CROP_CHUNK = 512
 """Most crops cut and run through R-Net or O-Net at once (bounds the memory of the crops)."""
+COMPILED_CROP_FLOOR = 16
+"""Once the nets are compiled, fewer crops than this are zero-padded up to it before R-Net or
+O-Net, whose count of crops is marked dynamic: one graph per net then serves every count from
+this to :data:`CROP_CHUNK` (the compiled graph guards counts of 16 and up; below, and at 0 and
+1, which torch always specialises, counts would compile again). The alternative, static shapes
+with counts padded to power-of-two buckets, compiles once per bucket (6 per net, 10 to 15 s
+each on 2 CPU cores) and ran no faster: ``bench/compile.py --crop-nets`` measured (2 shared
+cores, noisy) R-Net 4 / 8 / 21 ms a call at 20 / 100 / 300 crops against 57 / 66 / 46 ms for
+buckets, O-Net 68 / 132 / 276 against 69 / 130 / 400 ms."""
 CROP_SOURCE_SCALE = 1.57
 """Crops are sampled bilinearly from the pyramid level (or the input) where the box is nearest
 to this many times the crop's side. Measured against exact area-averaged crops on the sample
@@ -781,12 +791,46 @@ class MTCNNDetector(DetectPlugin):
             crops, order = self._crops(sources, boxes[first:first + CROP_CHUNK],
                                        frames[first:first + CROP_CHUNK], size)
             results = []
-            for result in net(crops):
-                array = result.cpu().numpy().astype(np.float64)
+            for result in self._call_net(net, crops):
+                array = result[:len(order)].cpu().numpy().astype(np.float64)
                 results.append(np.empty_like(array))
                 results[-1][order] = array
             outputs.append(results)
         return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
+
+    @staticmethod
+    def _call_net(net: torch.nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """R-Net or O-Net on crops (K, 3, S, S). A compiled net gets at least
+        :data:`COMPILED_CROP_FLOOR` crops (zero crops appended) with the count marked dynamic,
+        so no count compiles again; its outputs may then hold more rows than K."""
+        import torch  # noqa: PLC0415
+
+        if is_compiled(net):
+            missing = COMPILED_CROP_FLOOR - len(crops)
+            if missing > 0:
+                crops = torch.cat([crops, crops.new_zeros((missing, *crops.shape[1:]))]
+                                  ).contiguous(memory_format=torch.channels_last)
+            torch._dynamo.maybe_mark_dynamic(crops, 0)
+        return tuple(net(crops))
+
+    def warmup_compiled(self) -> None:
+        """Run each compiled net once, in this thread, before any frame arrives: P-Net on a
+        black mosaic view shaped as :meth:`_propose` gives it, R-Net and O-Net on zero crops
+        (two counts, to check that their one dynamic graph holds). Otherwise the worker
+        threads of the first batch would each compile the same graph."""
+        import torch  # noqa: PLC0415
+
+        device = torch.device(self.device)
+        height, width = self.mosaic_shape
+        with torch.inference_mode():
+            mosaic = torch.zeros((self._pnet_chunk(), height + MOSAIC_GAP, width, 3),
+                                 device=device)
+            self.model["pnet"](mosaic[:, :height].permute(0, 3, 1, 2))
+            for name, size in (("rnet", RNET_SIZE), ("onet", ONET_SIZE)):
+                for count in (COMPILED_CROP_FLOOR, COMPILED_CROP_FLOOR + 1):
+                    crops = torch.zeros((count, 3, size, size), device=device)
+                    self._call_net(self.model[name],
+                                   crops.contiguous(memory_format=torch.channels_last))
 
     def _refine(self, sources: tuple[torch.Tensor, torch.Tensor],
                 boxes: npt.NDArray[np.float64], frames: npt.NDArray[np.int64]
