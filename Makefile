@@ -44,6 +44,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/detect_align.py
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/compile.py
+	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/profiler.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -125,7 +125,13 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     plugins.add_argument("-c", "--compile", dest="compile_models", action="store_true",
                          help="compile the torch models (slower start, faster run)")
     plugins.add_argument("-k", "--benchmark", "--profile", dest="profile", action="store_true",
-                         help="choose batch sizes with the profiler (not available yet)")
+                         help="choose the torch plugins' batch sizes by measuring them first")
+    plugins.add_argument("--profile-warmup", type=float, default=2.0, metavar="SECONDS",
+                         help="with -k: warm-up at each profiling step (default: 2)")
+    plugins.add_argument("--profile-time", type=float, default=10.0, metavar="SECONDS",
+                         help="with -k: time measured at each profiling step (default: 10)")
+    plugins.add_argument("--profile-save", action="store_true",
+                         help="with -k: save the batch sizes into the config file (-C)")
     detect = extract.add_argument_group("detection and alignment")
     detect.add_argument("-m", "--min-size", type=int, default=0, metavar="PERCENT",
                         help="drop faces smaller than this %% of the frame's shorter side")
@@ -185,7 +191,9 @@ def _extract(args: argparse.Namespace) -> int:
         min_scale=args.min_scale, save_interval=args.save_interval,
         skip_existing=args.skip_existing, skip_existing_faces=args.skip_existing_faces,
         debug_landmarks=args.debug_landmarks, compile_models=args.compile_models,
-        profile=args.profile, alignments_path=args.alignments_path,
+        profile=args.profile, profile_warmup=args.profile_warmup,
+        profile_time=args.profile_time, profile_save=args.profile_save,
+        alignments_path=args.alignments_path,
         config_file=args.config_file, device=args.device, output_format=args.output_format)
     run = Extraction(settings)
     try:

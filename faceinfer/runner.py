@@ -18,6 +18,7 @@ it with its original traceback once every thread has ended.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid as uuid_module
@@ -233,6 +234,37 @@ class ExtractRunner(Generic[HandlerT]):
         if self._handler.do_compile:
             self._handler.init_model()
         self._threads.start()
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` has been called."""
+        return self._started
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Set the plugin's batch size before the threads start (the profiler's choice): on
+        the plugin and its config, and on the first runner's input queue, which holds a
+        batch of frames. The threads' iterators read it when they start.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is below 1.
+        PipelineError
+            If the threads have started, or the runner has no plugin.
+        """
+        if batch_size < 1:
+            raise ValueError(f"expected a batch size >= 1, got {batch_size}")
+        if self._started:
+            raise PipelineError(f"{self!r}: the batch size can only change before the threads "
+                                "start")
+        if self._handler.plugin_type == "file":
+            raise PipelineError(f"{self!r} has no plugin, so no batch size")
+        plugin = self._handler.plugin
+        plugin.batch_size = batch_size
+        plugin.config = dataclasses.replace(plugin.config, batch_size=batch_size)
+        if self._previous is None and self._handler.processors and self._in_queue is not None:
+            with self._in_queue.mutex:
+                self._in_queue.maxsize = max(QUEUE_SIZE, batch_size)
 
     @property
     def handler(self) -> HandlerT:

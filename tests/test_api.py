@@ -14,7 +14,7 @@ from tests.conftest import SHARED
 
 CHECK_API = SHARED / "spec" / "check_api.py"
 COMPLETE_MODULES = ("objects", "iterator", "runner", "handler", "plugin_utils", "detect", "align",
-                    "mask", "identity")
+                    "mask", "identity", "profile")
 
 
 @pytest.mark.skipif(not CHECK_API.is_file(), reason=f"{CHECK_API} not found (../shared absent)")

@@ -2,6 +2,7 @@
 the faceswap import."""
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from tests.test_extract import squares, write_images
 TEST_FLAGS = ["-D", "test-blobs", "-A", "test-landmarks", "-z", "256"]
 
 EXTRACT_FLAGS = ["-i", "-o", "-b", "-p", "--format", "-s", "-e", "-N", "-v", "-D", "-A", "-M",
-                 "-I", "-C", "--device", "-c", "-k", "-m", "-x", "-r", "-O", "-R", "-a",
+                 "-I", "-C", "--device", "-c", "-k", "--profile-warmup",
+                 "--profile-time", "--profile-save", "-m", "-x", "-r", "-O", "-R", "-a",
                  "--no-re-align", "-g", "-f", "-n", "-l", "-z", "--centering", "-u", "-B", "-L"]
 
 
@@ -74,8 +76,28 @@ def test_extract_runs_and_prints_the_summary(tmp_path: Path,
     assert set(records["b.png"].masks) == {"components", "extended"}
 
 
+def test_extract_k_profiles_the_torch_detector_then_extracts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    source = write_images(tmp_path / "frames", {"a.png": squares(60), "b.png": squares(40, 90)})
+    config = tmp_path / "config.toml"
+    config.write_text("[detect.mtcnn]\ninput_size = 64\nmin_size = 20  # small and fast\n")
+    with caplog.at_level(logging.INFO):
+        code = main(["extract", "-i", str(source), "-o", str(tmp_path / "out"), "-D", "mtcnn",
+                     "-A", "test-landmarks", "-z", "256", "-C", str(config), "-k",
+                     "--profile-warmup", "0", "--profile-time", "0.01", "--profile-save"])
+    assert code == 0
+    found = re.search(r"Setting optimal batch sizes: detect\.mtcnn: (\d+)", caplog.text)
+    assert found is not None
+    assert "Not profiling align plugin 'test-landmarks'" in caplog.text
+    assert config.read_text() == ("[detect.mtcnn]\nbatch_size = " + found.group(1) +
+                                  "\ninput_size = 64\nmin_size = 20  # small and fast\n")
+    assert capsys.readouterr().out.startswith("Done: 2 of 2 frames processed")
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["-k"], "-k/--benchmark: the batch-size profiler is not available yet"),
+    (["--profile-save"], "--profile-save saves the profiler's batch sizes: add -k/--benchmark"),
+    (["-k", "--profile-time", "0"], "--profile-time: expected seconds above 0"),
     (["-z", "300"], "-z/--size: expected a multiple of 64"),
     (["-m", "50", "-x", "10"], "-m/--min-size 50 is above -x/--max-size 10"),
     (["-p", "x.fsa"], "add --format faceswap"),

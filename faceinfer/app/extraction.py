@@ -46,6 +46,7 @@ from faceinfer.errors import ConfigError, PipelineClosedError
 from faceinfer.handler import ExtractHandler
 from faceinfer.identity import FilterLoader, Identity
 from faceinfer.mask import Mask
+from faceinfer.profile import Profiler
 from faceinfer.runner import ExtractRunner
 from faceinfer.sources import FrameReader, InputSource, find_sources
 
@@ -265,15 +266,15 @@ class Extraction:
         return handlers
 
     @staticmethod
-    def _chain(handlers: list[ExtractHandler]
+    def _chain(handlers: list[ExtractHandler], profile: bool = False
                ) -> tuple[ExtractRunner[Any], ExtractRunner[Any] | None]:
-        """Start the handlers as one pipeline; returns its last runner and the first identity
-        runner."""
+        """Chain the handlers as one pipeline, its threads started unless ``profile``; returns
+        its last runner and the first identity runner."""
         runner: ExtractRunner[Any] | None = None
         first_identity: ExtractRunner[Any] | None = None
         try:
             for handler in handlers:
-                runner = handler(runner)
+                runner = handler(runner, profile=profile)
                 if isinstance(handler, Identity) and first_identity is None:
                     first_identity = runner
         except BaseException:
@@ -283,6 +284,12 @@ class Extraction:
         assert runner is not None
         logger.info("Pipeline: %s", " -> ".join(repr(handler) for handler in handlers))
         return runner, first_identity
+
+    def _profile(self, pipeline: ExtractRunner[Any]) -> None:
+        """``-k``: choose the torch plugins' batch sizes, then start the pipeline's threads."""
+        settings = self.settings
+        Profiler(pipeline, warmup_time=settings.profile_warmup, run_time=settings.profile_time,
+                 save_config=settings.config_file if settings.profile_save else None)()
 
     # --------------------------------------------------------------------------------- feeding
     def _feed(self, pipeline: ExtractRunner[Any], plans: list[SourcePlan],
@@ -356,10 +363,14 @@ class Extraction:
             if not any(plan.to_read for plan in plans):
                 logger.info("Nothing to do: every frame is already in the alignments file")
                 return self.summary
-            pipeline, identity = self._chain(handlers)
+            pipeline, identity = self._chain(handlers, self.settings.profile)
             with self._lock:
                 self._pipeline = pipeline
             with pipeline:
+                if self.settings.profile:
+                    self._profile(pipeline)
+                    if handlers[0].batch_size != plans[0].block:
+                        plans = self._plan(sources, handlers[0].batch_size)
                 if loader is not None and identity is not None:
                     loader.add_identity_plugin(identity)
                     loader.get_embeddings(pipeline)

@@ -119,7 +119,13 @@ class ExtractSettings:
     compile_models: bool = False
     """``-c``: compile the plugins' torch models."""
     profile: bool = False
-    """``-k``: choose batch sizes with the profiler (not available yet: an error)."""
+    """``-k``: choose the torch plugins' batch sizes with the profiler before extracting."""
+    profile_warmup: float = 2.0
+    """``--profile-warmup``: seconds of warm-up at each profiling step (0 to 60)."""
+    profile_time: float = 10.0
+    """``--profile-time``: seconds measured at each profiling step (more than 0, up to 600)."""
+    profile_save: bool = False
+    """``--profile-save``: write the profiled batch sizes into the config file (``-C``)."""
     alignments_path: Path | None = None
     """``-p``: the alignments file (``.fia``, or ``.fsa`` with the faceswap format); None: beside
     the input. Ignored in batch mode."""
@@ -187,10 +193,16 @@ class ExtractSettings:
                                   " more than once")
 
     def _check_combinations(self) -> None:
-        if self.profile:
-            raise ConfigError("-k/--benchmark: the batch-size profiler is not available yet (it "
-                              "comes with a later release); set each plugin's batch_size in a "
-                              "config file (-C) instead")
+        for value, low, high, flag in ((self.profile_warmup, 0.0, 60.0, "--profile-warmup"),
+                                       (self.profile_time, 0.0, 600.0, "--profile-time")):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    low <= value <= high) or (flag == "--profile-time" and value == 0):
+                raise ConfigError(f"{flag}: expected seconds {'above' if value == 0 else 'from'}"
+                                  f" {low:g} to {high:g}, got {value!r}")
+        if self.profile_save and not self.profile:
+            raise ConfigError("--profile-save saves the profiler's batch sizes: add -k/--benchmark")
+        if self.profile_save and self.config_file is None:
+            raise ConfigError("--profile-save writes into the config file: name it with -C")
         if self.max_size and self.min_size > self.max_size:
             raise ConfigError(f"-m/--min-size {self.min_size} is above -x/--max-size "
                               f"{self.max_size}: no face could be kept")
