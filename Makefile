@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/geometry.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/detect_align.py
+	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/compile.py
