@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -71,10 +72,9 @@ def plain_loop(frames: list[tuple[str, np.ndarray]], re_align: bool) -> tuple[fl
     return time.perf_counter() - start, faces
 
 
-def pipeline(frames: list[tuple[str, np.ndarray]], re_align: bool) -> tuple[float, int]:
-    """Seconds and faces for the frames through the threaded pipeline."""
-    detect, align = handlers(re_align)
-    runner: ExtractRunner[Align] = align(detect())
+def feed_and_count(runner: ExtractRunner[Any], frames: list[tuple[str, np.ndarray]]) -> int:
+    """Put the frames into a started chain from a feeder thread, iterate it to the end, and
+    return the faces found (a feeder error is re-raised here)."""
     errors: list[BaseException] = []
 
     def feed() -> None:
@@ -82,12 +82,11 @@ def pipeline(frames: list[tuple[str, np.ndarray]], re_align: bool) -> tuple[floa
             for name, image in frames:
                 runner.put(name, image)
             runner.stop()
-        except BaseException as err:  # noqa: BLE001 (reported below)
+        except BaseException as err:  # noqa: BLE001 (re-raised below)
             errors.append(err)
             runner.close()
 
     faces = 0
-    start = time.perf_counter()
     feeder = threading.Thread(target=feed, daemon=True)
     with runner:
         feeder.start()
@@ -96,6 +95,15 @@ def pipeline(frames: list[tuple[str, np.ndarray]], re_align: bool) -> tuple[floa
     feeder.join()
     if errors:
         raise errors[0]
+    return faces
+
+
+def pipeline(frames: list[tuple[str, np.ndarray]], re_align: bool) -> tuple[float, int]:
+    """Seconds and faces for the frames through the threaded pipeline."""
+    detect, align = handlers(re_align)
+    runner: ExtractRunner[Align] = align(detect())
+    start = time.perf_counter()
+    faces = feed_and_count(runner, frames)
     return time.perf_counter() - start, faces
 
 

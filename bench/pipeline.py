@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 import psutil
-from detect_align import DATA, load_frames
+from detect_align import DATA, feed_and_count, load_frames
 
 from faceinfer import Align, Detect, ExtractRunner, Identity, Mask
 from faceinfer.handler import ExtractHandler
@@ -150,27 +149,7 @@ def pipeline(frames: Frames, stages: list[Stage]) -> int:
     runner: ExtractRunner[Any] = stages[0].handler()
     for stage in stages[1:]:
         runner = stage.handler(runner)
-    errors: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            for name, image in frames:
-                runner.put(name, image)
-            runner.stop()
-        except BaseException as err:  # noqa: BLE001 (re-raised below)
-            errors.append(err)
-            runner.close()
-
-    faces = 0
-    feeder = threading.Thread(target=feed, daemon=True)
-    with runner:
-        feeder.start()
-        for media in runner:
-            faces += len(media.bboxes)
-    feeder.join()
-    if errors:
-        raise errors[0]
-    return faces
+    return feed_and_count(runner, frames)
 
 
 @dataclass
