@@ -27,6 +27,7 @@ import numpy.typing as npt
 from faceinfer.errors import ConfigError, PluginError
 from faceinfer.geometry.aligned import warp_aligned
 from faceinfer.geometry.constants import KEYPOINTS_5_LEGACY, MEAN_FACE_2D_51, FaceBox, LandmarkType
+from faceinfer.geometry.crop import map_points
 from faceinfer.geometry.landmarks import landmarks_68
 from faceinfer.geometry.umeyama import legacy_matrices, umeyama
 from faceinfer.handler import ExtractHandler, HandlerType, format_images, shrink_interpolation
@@ -42,14 +43,6 @@ _NORMALIZATIONS = ("none", "clahe", "hist", "mean")
 _FILTER_TYPES = (LandmarkType.LM_2D_68, LandmarkType.LM_2D_98)
 
 
-def _apply(matrices: npt.NDArray[np.floating], points: npt.NDArray[np.floating]
-           ) -> npt.NDArray[np.float64]:
-    """(N, P, 2) points mapped by (N, 3, 3) affine matrices."""
-    mats = np.asarray(matrices, dtype=np.float64)
-    return np.asarray(np.einsum("nij,npj->npi", mats[:, :2, :2], points)
-                      + mats[:, None, :2, 2], dtype=np.float64)
-
-
 def roi_matrices(roi: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
     """(N, 3, 3) normalized crop -> frame matrices for square regions (left, top, right,
     bottom)."""
@@ -63,7 +56,7 @@ def roi_matrices(roi: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
 
 def _unit_square_roi(matrices: npt.NDArray[np.float64]) -> npt.NDArray[np.int32]:
     """The rounded frame box spanned by each crop's corners (0, 0) and (1, 1)."""
-    corners = _apply(matrices, np.array([[[0.0, 0.0], [1.0, 1.0]]]).repeat(len(matrices), 0))
+    corners = map_points(matrices, np.array([[[0.0, 0.0], [1.0, 1.0]]]).repeat(len(matrices), 0))
     return np.rint(corners.reshape(-1, 4)).astype(np.int32)
 
 
@@ -604,7 +597,7 @@ class Align(ExtractHandler):
         if points.ndim != 3 or len(points) != len(matrices) or points.shape[2] != 2:
             raise PluginError(f"aligner '{self.plugin_name}' must return (N, P, 2) landmarks "
                               f"for {len(matrices)} crops of {faces} faces, got {points.shape}")
-        return _apply(matrices, points).astype(np.float32)
+        return map_points(matrices, points).astype(np.float32)
 
     def process(self, batch: ExtractBatch) -> None:
         """Run the aligner. With re-align, the first pass's landmarks give each face an upright

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer.geometry.constants import LandmarkType
+from faceinfer.geometry.crop import map_points
 from faceinfer.geometry.landmarks import landmarks_68
 
 logger = logging.getLogger(__name__)
@@ -131,10 +132,7 @@ class ExtractBatchAligned:
         """(N, 68, 2) the 68-point landmarks (4 points for ROI landmarks) in normalized legacy
         space."""
         def make() -> npt.NDArray[np.float64]:
-            points = self.landmarks_68.astype(np.float64)
-            matrices = self.matrices.astype(np.float64)
-            moved = np.matmul(points, matrices[:, :2, :2].transpose(0, 2, 1))
-            return np.asarray(moved + matrices[:, None, :2, 2], dtype=np.float64)
+            return map_points(self.matrices, self.landmarks_68)
         return self._cached("landmarks_normalized", make)
 
     def _has_pose(self) -> bool:

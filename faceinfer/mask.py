@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer.errors import ConfigError, PluginError
-from faceinfer.geometry.crop import inside_frame
+from faceinfer.geometry.crop import inside_frame, map_points
 from faceinfer.handler import ExtractHandlerFace, HandlerType
 from faceinfer.objects import ExtractBatch, ExtractBatchMask
 from faceinfer.plugins.base import MaskPlugin
@@ -120,7 +120,5 @@ def crop_landmarks(frame_to_crop: npt.NDArray[np.floating], landmarks: npt.NDArr
     size:
         The crops' side in pixels.
     """
-    matrices = np.asarray(frame_to_crop, dtype=np.float64) * np.array([[size], [size], [1.0]])
-    points = np.asarray(landmarks, dtype=np.float64)[..., :2]
-    moved = np.matmul(points, matrices[:, :2, :2].transpose(0, 2, 1)) + matrices[:, None, :2, 2]
-    return np.asarray(moved, dtype=np.float32)
+    to_pixels = np.asarray(frame_to_crop, dtype=np.float64) * np.array([[size], [size], [1.0]])
+    return map_points(to_pixels, landmarks).astype(np.float32)

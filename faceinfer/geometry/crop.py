@@ -11,6 +11,17 @@ import numpy as np
 import numpy.typing as npt
 
 
+def map_points(matrices: npt.NDArray[np.floating], points: npt.NDArray[np.floating]
+               ) -> npt.NDArray[np.float64]:
+    """(N, P, 2) points (x, y) mapped by (N, 3, 3) affine matrices, one matrix per row of
+    points: ``matrices[n] @ (x, y, 1)`` for each point of ``points[n]``. Only the first two
+    coordinates of each point are read."""
+    mats = np.asarray(matrices, dtype=np.float64)
+    xy = np.asarray(points, dtype=np.float64)[..., :2]
+    return np.asarray(np.matmul(xy, mats[:, :2, :2].transpose(0, 2, 1)) + mats[:, None, :2, 2],
+                      dtype=np.float64)
+
+
 def box_crop_matrices(bboxes: npt.NDArray[np.floating | np.integer], padding: float
                       ) -> npt.NDArray[np.float32]:
     """Frame -> normalized crop matrices for square crops centred on boxes.
