@@ -158,6 +158,7 @@ class ExtractHandler(ABC):
         self._runner: ExtractRunner[Any] | None = None
         self._model_lock = threading.RLock()
         self._model_ready = False
+        self._model_loaded = False
         self._compiled = False
 
     def _load_plugin(self, plugin: str, config_file: str | None,
@@ -214,14 +215,24 @@ class ExtractHandler(ABC):
         with self._model_lock:
             if self._model_ready:
                 return
+            self.load_model()
+            if self.do_compile:
+                self._compile()
+            self._model_ready = True
+
+    def load_model(self) -> None:
+        """Load the model (once) without compiling it. The profiler measures the plugin this
+        way, before the chosen batch size is set: compiled, every batch size it tries would
+        compile again. :meth:`init_model` compiles it afterwards, at the batch size set."""
+        with self._model_lock:
+            if self._model_loaded:
+                return
             plugin = self.plugin
             plugin.device = "cpu" if plugin.force_cpu else resolve_device(self._device_request)
             logger.debug("Loading %s plugin '%s' on %s", self.plugin_type, self.plugin_name,
                          plugin.device)
             plugin.load_model()
-            if self.do_compile:
-                self._compile()
-            self._model_ready = True
+            self._model_loaded = True
 
     def _compile(self) -> None:
         """Compile the plugin's torch modules and warm them up at the full batch size, so that
@@ -479,6 +490,7 @@ class FileHandler(ExtractHandler):
         self._runner = None
         self._model_lock = threading.RLock()
         self._model_ready = True
+        self._model_loaded = True
         self._compiled = False
 
     def __call__(self, input_plugin: ExtractHandler | ExtractRunner[Any] | None = None,

@@ -878,7 +878,7 @@ class Profiler:
             handler = runner.handler
             if handler.plugin_type == "file" or not handler.processors:
                 continue
-            handler.init_model()
+            handler.load_model()  # compiled, if asked, once its batch size is chosen
             plugin = handler.plugin
             if not get_torch_modules(plugin.model):
                 logger.info("[Profiler] Not profiling %s plugin '%s': it has no torch modules",

@@ -359,6 +359,25 @@ def test_profiler_sets_the_sizes_where_the_runners_read_them_then_starts_the_thr
     assert max(plugin.sizes_seen) == chosen
 
 
+def test_a_compiled_plugin_is_profiled_uncompiled_then_compiled_once_at_the_chosen_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled_at: list[int] = []
+
+    def record(plugin: ExtractPlugin, modules: list[torch.nn.Module], fullgraph: bool) -> None:
+        compiled_at.append(plugin.batch_size)  # stands in for torch.compile: shapes only
+
+    monkeypatch.setattr("faceinfer.handler.compile_models", record)
+    detect = Detect("test-conv-blobs", compile_model=True,
+                    config={"oom_above": 4, "batch_size": 1})
+    with detect(profile=True) as runner:
+        Profiler(runner, max_batch_size=16, **FAST)()
+        plugin = detect.plugin
+        assert isinstance(plugin, TorchBlobs)
+        assert set(plugin.sizes_seen) > {1, 2, 4}  # the search ran, uncompiled
+        assert compiled_at == [plugin.batch_size]
+        assert 1 <= plugin.batch_size <= 4
+
+
 def test_profiler_without_torch_plugins_just_starts_the_threads(
         caplog: pytest.LogCaptureFixture) -> None:
     detect = Detect("test-blobs")
