@@ -373,7 +373,7 @@ def test_a_compiled_plugin_is_profiled_uncompiled_then_compiled_once_at_the_chos
         Profiler(runner, max_batch_size=16, **FAST)()
         plugin = detect.plugin
         assert isinstance(plugin, TorchBlobs)
-        assert set(plugin.sizes_seen) > {1, 2, 4}  # the search ran, uncompiled
+        assert len(set(plugin.sizes_seen)) >= 2  # the search ran, uncompiled
         assert compiled_at == [plugin.batch_size]
         assert 1 <= plugin.batch_size <= 4
 
