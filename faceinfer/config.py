@@ -12,6 +12,9 @@ table for a plugin that is used are errors, so a typo never goes unnoticed.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,3 +74,65 @@ def resolve_config(config_class: type[ConfigT], plugin_type: str, name: str,
                               f"{plugin_type} plugin '{name}'; valid: {', '.join(sorted(valid))}")
         values.update(table)
     return config_class(**values)
+
+
+def save_batch_sizes(path: str | Path, sizes: dict[tuple[str, str], int]) -> None:
+    """Write ``batch_size`` into the ``[<type>.<name>]`` table of each plugin in a TOML config
+    file, keeping the rest of the file as it was (comments included); missing tables are
+    appended. Written atomically; the result is read back and checked.
+
+    Parameters
+    ----------
+    path:
+        The config file (created if missing).
+    sizes:
+        Batch size by (plugin type, plugin name).
+
+    Raises
+    ------
+    ConfigError
+        If the file is not valid TOML, or sets the plugin's table in a form this editor does
+        not handle (dotted keys or inline tables): nothing is written then.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not a valid TOML config file: {err}") from err
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+    for (kind, name), size in sizes.items():
+        wanted = f"{kind}.{name}"
+        start = next((i for i, line in enumerate(lines)
+                      if (m := header.match(line)) and m.group(1).replace('"', "") == wanted),
+                     None)
+        if start is None:
+            lines += (["", f"[{wanted}]"] if lines else [f"[{wanted}]"]) + [
+                f"batch_size = {size}"]
+            continue
+        end = next((i for i in range(start + 1, len(lines))
+                    if lines[i].lstrip().startswith("[")), len(lines))
+        key = re.compile(r"^\s*batch_size\s*=")
+        found = next((i for i in range(start + 1, end) if key.match(lines[i])), None)
+        if found is None:
+            lines.insert(start + 1, f"batch_size = {size}")
+        else:
+            lines[found] = f"batch_size = {size}"
+    out = "\n".join(lines) + "\n"
+    try:
+        parsed = tomllib.loads(out)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: cannot set batch sizes in this file: {err}") from err
+    for (kind, name), size in sizes.items():
+        if parsed.get(kind, {}).get(name, {}).get("batch_size") != size:
+            raise ConfigError(f"{path}: cannot set batch_size of [{kind}.{name}] in this "
+                              "file (dotted keys or inline tables?): set it by hand")
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(out)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
