@@ -4,19 +4,23 @@ stage with the landmark masks "components" and "extended".
 Input: the faces that mtcnn -> dlib-68 find in the four sample photos (found once, untimed),
 cycled to ``--faces`` faces. Each stage runs its pre_process (warping each face out of its frame
 at the plugin's crop), process and post_process in the main thread on batches of the given size,
-each face in its own frame, as the pipeline would hand them over. The time spent in dlib's
-batched descriptor call alone is printed beside the stage's rate.
+each face in its own frame, as the pipeline would hand them over. The share of the time spent in
+the plugin's batched forward pass (its ``process``: the PyTorch port of dlib's network, on the
+CPU) is printed beside the stage's rate.
 
 Prints the figures, then as the last line a JSON object::
 
     {"identity_faces_per_s_b1": ..., "identity_faces_per_s_b8": ...,
-     "identity_faces_per_s_b32": ..., "identity_dlib_share": ...,
+     "identity_faces_per_s_b32": ..., "identity_process_share": ...,
      "mask_faces_per_s": ..., "mask_extended_faces_per_s": ...}
 
-``mask_faces_per_s`` is the "components" mask; ``identity_dlib_share`` is the part of the b32
-stage time spent in dlib's call.
+``mask_faces_per_s`` is the "components" mask; ``identity_process_share`` is the part of the b32
+stage time spent in the plugin's ``process``.
 
-Usage: ``python bench/identity.py [--faces N] [--mask-faces N]``
+With ``--dlib N`` it also times dlib's own ``compute_face_descriptor`` on the stage's chips of N
+faces at the same batch sizes (``dlib_faces_per_s_b<size>`` in the JSON).
+
+Usage: ``python bench/identity.py [--faces N] [--mask-faces N] [--dlib N]``
 """
 from __future__ import annotations
 
@@ -104,12 +108,60 @@ def run(handler: ExtractHandlerFace, batches: list[ExtractBatch]) -> tuple[float
     return wall, inside, end.user + end.system - cpu.user - cpu.system
 
 
+def identity_rates(faces: list[Face], total: int) -> dict[str, float]:
+    """The Identity stage's faces/s at each batch size, on the CPU, and the share of the
+    largest batch size's time spent in the plugin's process."""
+    result: dict[str, float] = {}
+    share = 0.0
+    for size in BATCH_SIZES:
+        identity = Identity("dlib-resnet", config={"batch_size": size}, device="cpu")
+        identity.init_model()
+        run(identity, face_batches(faces, size, size))  # warm-up
+        wall, inside, cpu = run(identity, face_batches(faces, total, size))
+        rate = total / wall
+        share = inside / wall
+        result[f"identity_faces_per_s_b{size}"] = round(rate, 2)
+        print(f"  identity dlib-resnet, batch {size:2d}: {rate:6.2f} faces/s "
+              f"({1000 / rate:5.1f} ms a face, {share:.0%} in process, "
+              f"{cpu / total * 1000:.0f} CPU-ms a face)")
+    result["identity_process_share"] = round(share, 3)
+    return result
+
+
+def dlib_rates(faces: list[Face], total: int) -> dict[str, float]:
+    """dlib's own ``compute_face_descriptor`` on the stage's chips of ``total`` faces: faces/s
+    at each batch size (the call alone)."""
+    import dlib  # noqa: PLC0415 (only with --dlib)
+
+    from faceinfer.plugins._dlib import model_path  # noqa: PLC0415
+
+    identity = Identity("dlib-resnet", device="cpu")
+    identity.init_model()
+    batch = face_batches(faces, total, total)[0]
+    identity.pre_process(batch)
+    chips = [np.ascontiguousarray(chip) for chip in batch.data]
+    model = dlib.face_recognition_model_v1(str(model_path("face_recognition_model_location")))
+    model.compute_face_descriptor(chips[:1])  # warm-up
+    result: dict[str, float] = {}
+    for size in BATCH_SIZES:
+        start = time.perf_counter()
+        for first in range(0, total, size):
+            model.compute_face_descriptor(chips[first:first + size])
+        rate = total / (time.perf_counter() - start)
+        result[f"dlib_faces_per_s_b{size}"] = round(rate, 2)
+        print(f"  dlib's own call, batch {size:2d}: {rate:6.2f} faces/s")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=64,
                         help="faces per identity batch size (default 64)")
     parser.add_argument("--mask-faces", type=int, default=512,
                         help="faces per mask plugin (default 512)")
+    parser.add_argument("--dlib", type=int, default=0, metavar="N",
+                        help="also time dlib's own descriptor call on N faces (default 0: not; "
+                             "dlib takes 0.1 to 0.3 s a face)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"needs the sample photos in {DATA}", file=sys.stderr)
@@ -117,20 +169,9 @@ def main() -> int:
     faces = find_faces()
     print(f"{len(faces)} faces found in the sample photos, cycled to {args.faces} faces "
           f"per identity batch size and {args.mask_faces} per mask")
-    result: dict[str, float] = {}
-    share = 0.0
-    for size in BATCH_SIZES:
-        identity = Identity("dlib-resnet", config={"batch_size": size})
-        identity.init_model()
-        run(identity, face_batches(faces, size, size))  # warm-up
-        wall, inside, cpu = run(identity, face_batches(faces, args.faces, size))
-        rate = args.faces / wall
-        share = inside / wall
-        result[f"identity_faces_per_s_b{size}"] = round(rate, 2)
-        print(f"  identity dlib-resnet, batch {size:2d}: {rate:6.2f} faces/s "
-              f"({1000 / rate:5.0f} ms a face, {share:.0%} in dlib's call, "
-              f"{cpu / args.faces * 1000:.0f} CPU-ms a face)")
-    result["identity_dlib_share"] = round(share, 3)
+    result = identity_rates(faces, args.faces)
+    if args.dlib:
+        result |= dlib_rates(faces, args.dlib)
     for name, key in (("components", "mask_faces_per_s"),
                       ("extended", "mask_extended_faces_per_s")):
         mask = Mask(name)
