@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from pathlib import Path
 
 import cv2
@@ -212,7 +213,7 @@ def test_pnet_on_the_mosaic_equals_pnet_on_each_level_alone() -> None:
         mosaic[:, :, level.top:level.top + level.size,
                level.left:level.left + level.size] = image
         images.append(image)
-    level_of, _ = plugin._cells
+    level_of = plugin.layout(None).level_of
     pnet = plugin.model["pnet"]
     with torch.inference_mode():
         whole = pnet(mosaic)[0][0].numpy()
@@ -225,22 +226,24 @@ def test_pnet_on_the_mosaic_equals_pnet_on_each_level_alone() -> None:
             np.testing.assert_allclose(got, alone, atol=1e-5)
 
 
-def test_torch_pyramid_equals_opencv_pyramid() -> None:
+@pytest.mark.parametrize("box", [None, (40, 150, 0, 200), (0, 200, 64, 120)])
+def test_torch_pyramid_equals_opencv_pyramid(box: tuple[int, int, int, int] | None) -> None:
     """The GPU path builds the pyramid with torch ops, the CPU path with OpenCV: both are exact
-    area averages."""
+    area averages, of the whole levels or of their parts for a content box."""
     plugin = MTCNNDetector(MTCNNConfig(input_size=200, min_size=20))
     plugin.load_model()
     frames = np.random.default_rng(2).uniform(-1, 1, (2, 200, 200, 3)).astype(np.float32)
-    height, width = plugin.mosaic_shape
+    layout = plugin.layout(box)
+    height, width = layout.shape
     by_opencv = torch.zeros(2, height, width, 3)
     by_torch = torch.zeros(2, height, width, 3)
     with torch.inference_mode():
-        plugin._fill_mosaic_cpu(frames, by_opencv)
-        plugin._fill_mosaic_torch(torch.from_numpy(frames), by_torch)
+        plugin._fill_mosaic_cpu(frames, by_opencv, layout)
+        plugin._fill_mosaic_torch(torch.from_numpy(frames), by_torch, layout)
     np.testing.assert_allclose(by_torch.numpy(), by_opencv.numpy(), atol=1e-4)
-    level = plugin.levels[0]
+    level = layout.levels[0]
     area = cv2.resize(frames[0], (level.size, level.size), interpolation=cv2.INTER_AREA)
-    np.testing.assert_allclose(by_torch[0, :level.size, :level.size].numpy(), area + 1,
+    np.testing.assert_allclose(by_torch[0][level.in_mosaic].numpy(), area[level.in_level] + 1,
                                atol=1e-4)
 
 
@@ -387,3 +390,224 @@ def test_score_threshold_is_honoured() -> None:
     low = Detect("mtcnn", config={"score_threshold": 0.0})
     low.init_model()
     assert len(run(low, ["img4"], [image])[2][0]) >= len(found[0])
+
+
+# --- skipping black borders ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def plugin() -> MTCNNDetector:
+    handler = Detect("mtcnn", device="cpu")
+    handler.init_model()
+    assert isinstance(handler.plugin, MTCNNDetector)
+    return handler.plugin
+
+
+def video_frames(count: int) -> list[npt.NDArray[np.uint8]]:
+    av = pytest.importorskip("av")
+    with av.open(str(samples() / "test.mp4")) as container:
+        return [frame.to_ndarray(format="bgr24")
+                for _, frame in zip(range(count), container.decode(video=0), strict=False)]
+
+
+def letterbox(images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+    """The plugin input the Detect stage makes of the frames (letterboxed, -1..1)."""
+    handler = Detect("mtcnn", device="cpu")  # pre_process needs no model
+    batch = ExtractBatch([str(index) for index in range(len(images))], images)
+    handler.pre_process(batch)
+    return np.asarray(batch.data, dtype=np.float32)
+
+
+def skipped_and_full(plugin: MTCNNDetector, feed: npt.NDArray[np.float32],
+                     monkeypatch: pytest.MonkeyPatch
+                     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32],
+                                list[tuple[int, int]], list[tuple[int, int]]]:
+    """The plugin's raw output with black windows skipped and with the whole pyramid, and the
+    (height, width) of every mosaic P-Net ran on in each."""
+    calls = plugin._call_pnet
+    outputs, shapes = [], []
+    for skip in (True, False):
+        seen: list[tuple[int, int]] = []
+
+        def record(mosaic: torch.Tensor, seen: list[tuple[int, int]] = seen
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            seen.append((mosaic.shape[1], mosaic.shape[2]))
+            return calls(mosaic)
+
+        monkeypatch.setattr(plugin, "_call_pnet", record)
+        monkeypatch.setattr(plugin, "skip_black", skip)
+        outputs.append(plugin.process(feed))
+        shapes.append(seen)
+    monkeypatch.undo()
+    return outputs[0], outputs[1], shapes[0], shapes[1]
+
+
+def assert_same_detections(found: npt.NDArray[np.float32],
+                           expected: npt.NDArray[np.float32]) -> None:
+    """Same faces, with scores, boxes and keypoints equal to 1e-4 (relative, for pixels: the
+    crops' float32 sample positions differ by about 1e-4 pixel between mosaics)."""
+    assert found.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(found), np.isnan(expected))
+    np.testing.assert_allclose(found[..., 0], expected[..., 0], atol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(found[..., 1:], expected[..., 1:], rtol=1e-4, atol=1e-3,
+                               equal_nan=True)
+
+
+def cells(shape: tuple[int, int]) -> int:
+    """P-Net's output cells on a mosaic of that shape."""
+    return (shape[0] // 2 - 5) * (shape[1] // 2 - 5)
+
+
+def test_black_is_no_face_to_pnet(plugin: MTCNNDetector) -> None:
+    assert plugin.black_score < 0.01 < plugin.settings.threshold_1
+
+
+@pytest.mark.parametrize("case", ["video", "portrait", "landscape"])
+def test_skipping_the_letterbox_keeps_the_detections(plugin: MTCNNDetector, case: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """16:9 video frames, a portrait photo and a 3:2 photo: P-Net scans a smaller mosaic, and
+    the faces are those of the whole pyramid."""
+    images = {"video": lambda: video_frames(4), "portrait": lambda: [photo("test_img3")],
+              "landscape": lambda: [photo("test_img1")]}[case]()
+    feed = letterbox(images)
+    skipped, full, skipped_shapes, full_shapes = skipped_and_full(plugin, feed, monkeypatch)
+    assert set(full_shapes) == {plugin.mosaic_shape}
+    box = mtcnn.content_box(feed)
+    assert box is not None
+    assert set(skipped_shapes) == {plugin.layout(box).shape}
+    content = (box[1] - box[0]) * (box[3] - box[2]) / plugin.input_size ** 2
+    assert cells(skipped_shapes[0]) < (content + 0.2) * cells(plugin.mosaic_shape)
+    assert_same_detections(skipped, full)
+    assert (~np.isnan(skipped[:, :, 0])).sum() >= len(images)
+
+
+def test_a_square_frame_scans_the_whole_pyramid(plugin: MTCNNDetector,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    image = photo("test_img4")
+    side = min(image.shape[:2])
+    feed = letterbox([image[:side, :side]])
+    assert mtcnn.content_box(feed) == (0, plugin.input_size, 0, plugin.input_size)
+    skipped, full, skipped_shapes, _ = skipped_and_full(plugin, feed, monkeypatch)
+    assert set(skipped_shapes) == {plugin.mosaic_shape}
+    np.testing.assert_array_equal(skipped, full)
+    assert (skipped[0, :, 0] >= plugin.settings.score_threshold).sum() == PHOTOS["test_img4"][0]
+
+
+def test_a_face_touching_the_letterbox_edge(plugin: MTCNNDetector,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """img1 cut just below the top of its right face's box: that face touches the black
+    border above the frame."""
+    image = photo("test_img1")[160:700]
+    feed = letterbox([image])
+    box = mtcnn.content_box(feed)
+    assert box is not None
+    skipped, full, skipped_shapes, _ = skipped_and_full(plugin, feed, monkeypatch)
+    assert cells(skipped_shapes[0]) < cells(plugin.mosaic_shape)
+    assert_same_detections(skipped, full)
+    found = plugin.post_process(skipped)[0]
+    top = (plugin.input_size - round(image.shape[0] * plugin.input_size / image.shape[1])) // 2
+    assert np.any(np.abs(found[:, 1] - top) < 4), (found[:, 1], top)
+
+
+def test_a_batch_scans_the_union_of_its_frames(plugin: MTCNNDetector,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 16:9 frame and a portrait photo: the mosaic covers both, and each frame's faces are
+    those it has alone."""
+    images = [*video_frames(1), photo("test_img3")]
+    feed = letterbox(images)
+    wide, tall = mtcnn.content_box(feed[:1]), mtcnn.content_box(feed[1:])
+    assert wide is not None
+    assert tall is not None
+    union = mtcnn.content_box(feed)
+    assert union == (min(wide[0], tall[0]), max(wide[1], tall[1]),
+                     min(wide[2], tall[2]), max(wide[3], tall[3]))
+    monkeypatch.setattr(plugin, "_workers", lambda count: 1)  # one mosaic for both
+    skipped, full, skipped_shapes, _ = skipped_and_full(plugin, feed, monkeypatch)
+    assert set(skipped_shapes) == {plugin.layout(union).shape}
+    assert_same_detections(skipped, full)
+    for index in range(len(images)):
+        alone = plugin.process(feed[index:index + 1])[0]
+        mine = skipped[index][~np.isnan(skipped[index][:, 0])]
+        assert_same_detections(mine, alone[~np.isnan(alone[:, 0])])
+
+
+@pytest.mark.parametrize(("lit", "expected"), [
+    (None, None),
+    ((slice(139, 500), slice(None)), (128, 512, 0, 640)),
+    ((slice(None), slice(100, 540)), (0, 640, 96, 544)),
+    ((slice(0, 1), slice(639, 640)), (0, 16, 624, 640)),
+    ((slice(None), slice(None)), (0, 640, 0, 640)),
+])
+def test_content_box(lit: tuple[slice, slice] | None,
+                     expected: tuple[int, int, int, int] | None) -> None:
+    frames = np.full((2, 640, 640, 3), -1.0, dtype=np.float32)
+    if lit is not None:
+        frames[1][lit] = -0.99  # any channel value above black counts
+    assert mtcnn.content_box(frames) == expected
+
+
+def test_level_parts_cover_every_window_that_sees_content() -> None:
+    """Every P-Net window of a level that overlaps the level pixels averaging content lies in
+    the part; the parts of the whole input are the whole levels."""
+    sizes = mtcnn.pyramid_sizes(640, 20, 0.709)
+    whole = mtcnn.level_parts(sizes, 640, (0, 640, 0, 640))
+    assert [part.shape for part in whole] == [(size, size) for size in sizes]
+    for box in [(128, 512, 0, 640), (0, 640, 96, 544), (304, 336, 304, 336)]:
+        for part in mtcnn.level_parts(sizes, 640, box):
+            ratio = 640 / part.size
+            for start, stop, first, span in ((box[0], box[1], part.row, part.shape[0]),
+                                             (box[2], box[3], part.col, part.shape[1])):
+                assert first % 2 == span % 2 == 0
+                assert span >= 12
+                lit = np.flatnonzero((np.arange(part.size) + 1) * ratio > start)
+                lit = lit[lit * ratio < stop]
+                windows = np.arange(part.size // 2 - 5) * 2
+                seeing = windows[(windows + 12 > lit[0]) & (windows <= lit[-1])]
+                assert first <= seeing[0]
+                assert seeing[-1] + 12 <= first + span
+
+
+def test_a_low_threshold_1_scans_the_whole_pyramid() -> None:
+    plugin = MTCNNDetector(MTCNNConfig(input_size=160, threshold_1=0.001))
+    plugin.load_model()
+    assert plugin.black_score >= plugin.settings.threshold_1
+    assert plugin.layout((40, 120, 0, 160)).shape == plugin.mosaic_shape
+
+
+def test_work_buffers_of_ended_threads_are_dropped() -> None:
+    plugin = MTCNNDetector(MTCNNConfig(input_size=64, min_size=20, batch_size=2,
+                                       cpu_workers=1))
+    plugin.load_model()
+    frames = np.random.default_rng(4).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    for _ in range(3):
+        worker = threading.Thread(target=plugin.process, args=(frames,))
+        worker.start()
+        worker.join()
+    assert len(plugin._buffers) == 1  # the last thread's: the others were dropped
+    plugin.process(frames)
+    assert list(plugin._buffers) == [threading.get_ident()]
+
+
+@pytest.mark.parametrize(("input_size", "box"), [
+    (640, (128, 512, 0, 640)), (640, (0, 640, 96, 544)), (640, (304, 336, 0, 640)),
+    (200, (40, 150, 0, 200)),
+])
+def test_level_parts_hold_the_pixels_of_the_whole_levels(input_size: int,
+                                                         box: tuple[int, int, int, int]) -> None:
+    """Parts resized from the input under them (see resized_span) are the whole levels' pixels,
+    exactly."""
+    plugin = MTCNNDetector(MTCNNConfig(input_size=input_size, min_size=20))
+    plugin.load_model()
+    frames = np.random.default_rng(5).uniform(-1, 1, (2, input_size, input_size, 3))
+    frames = frames.astype(np.float32)
+    whole, parts = plugin.layout(None), plugin.layout(box)
+    assert parts.shape != whole.shape
+    filled = {}
+    for layout in (whole, parts):
+        filled[layout.shape] = torch.zeros(2, *layout.shape, 3)
+        plugin._fill_mosaic_cpu(frames, filled[layout.shape], layout)
+    for level, part in zip(whole.levels, parts.levels, strict=True):
+        rows, cols = part.in_level
+        expected = filled[whole.shape][:, level.top + rows.start:level.top + rows.stop,
+                                       level.left + cols.start:level.left + cols.stop]
+        np.testing.assert_array_equal(filled[parts.shape][(slice(None), *part.in_mosaic)],
+                                      expected)
