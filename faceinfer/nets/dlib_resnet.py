@@ -58,7 +58,7 @@ def ragged_add(block: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     if block.shape == shortcut.shape:
         return block + shortcut
     size = [max(a, b) for a, b in zip(block.shape[1:], shortcut.shape[1:], strict=True)]
-    return _zero_pad_to(block, size) + _zero_pad_to(shortcut, size)
+    return _zero_pad_to(block, size).add_(_zero_pad_to(shortcut, size))
 
 
 def _zero_pad_to(x: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -90,9 +90,12 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C', H', W'): C' the larger of C and the second conv's filters;
         H' = H // 2 and W' = W // 2 for a down block, else H and W (see :func:`ragged_add`)."""
-        out = self.second(functional.relu(self.first(x)))
+        # In place where the tensor is this block's own: a fresh activation tensor costs an
+        # allocation and page faults on the CPU (measured gain small: 0 to 20%, within noise).
+        out = self.second(functional.relu_(self.first(x)))
         shortcut = functional.avg_pool2d(x, DOWN, DOWN) if self.down else x
-        return functional.relu(ragged_add(out, shortcut))
+        summed = out.add_(shortcut) if out.shape == shortcut.shape else ragged_add(out, shortcut)
+        return functional.relu_(summed)
 
 
 class DlibResnet(nn.Module):
@@ -134,7 +137,7 @@ class DlibResnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 150, 150) RGB pixel values -> (N, 128) raw descriptors."""
-        x = functional.max_pool2d(functional.relu(self.stem(x)), 3, 2)
+        x = functional.max_pool2d(functional.relu_(self.stem(x)), 3, 2)
         for block in self.blocks:
             x = block(x)
         return self.head(x.mean(dim=(2, 3)))  # type: ignore[no-any-return]
