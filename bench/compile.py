@@ -81,7 +81,11 @@ def crop_nets(counts: tuple[int, ...] = (20, 100, 300)) -> None:
     import torch  # noqa: PLC0415
     import torch._dynamo  # noqa: PLC0415
 
-    from faceinfer.plugins.detect.mtcnn import ONET_SIZE, RNET_SIZE, build_nets  # noqa: PLC0415
+    from faceinfer.plugins.detect._mtcnn_nets import (  # noqa: PLC0415
+        ONET_SIZE,
+        RNET_SIZE,
+        build_nets,
+    )
 
     def ms_a_call(net: torch.nn.Module, crops: torch.Tensor, dynamic: bool) -> float:
         times = []

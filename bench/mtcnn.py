@@ -27,7 +27,8 @@ import numpy as np
 
 from faceinfer import Detect
 from faceinfer.objects import ExtractBatch
-from faceinfer.plugins.detect.mtcnn import MTCNNDetector, content_box
+from faceinfer.plugins.detect._mtcnn_pyramid import content_box
+from faceinfer.plugins.detect.mtcnn import MTCNNDetector
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faceswap_samples"
 

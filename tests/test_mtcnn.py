@@ -17,6 +17,14 @@ from faceinfer import Detect
 from faceinfer.errors import ConfigError, PluginError
 from faceinfer.objects import ExtractBatch
 from faceinfer.plugins.detect import mtcnn
+from faceinfer.plugins.detect._mtcnn_boxes import nms
+from faceinfer.plugins.detect._mtcnn_nets import build_nets, file_sha256
+from faceinfer.plugins.detect._mtcnn_pyramid import (
+    content_box,
+    level_parts,
+    plan_pyramid,
+    pyramid_sizes,
+)
 from faceinfer.plugins.detect.mtcnn import MTCNNConfig, MTCNNDetector
 from tests.conftest import SHARED
 
@@ -91,7 +99,7 @@ def detect() -> Detect:
 # --- weights ---------------------------------------------------------------------------------
 
 def test_vendored_weights_match_the_recorded_sha256() -> None:
-    assert mtcnn.file_sha256(mtcnn.WEIGHTS_FILE) == mtcnn.WEIGHTS_SHA256
+    assert file_sha256(mtcnn.WEIGHTS_FILE) == mtcnn.WEIGHTS_SHA256
     assert MTCNNDetector.weights_sha256 == mtcnn.WEIGHTS_SHA256
     readme = (mtcnn.WEIGHTS_FILE.parent / "README.md").read_text(encoding="utf-8")
     assert mtcnn.WEIGHTS_SHA256 in readme
@@ -111,7 +119,7 @@ def test_vendored_weights_have_the_documented_keys_and_shapes() -> None:
 
 def test_nets_load_the_weights_and_give_the_documented_outputs() -> None:
     with np.load(mtcnn.WEIGHTS_FILE, allow_pickle=False) as data:
-        nets = mtcnn.build_nets({key: data[key] for key in data.files})
+        nets = build_nets({key: data[key] for key in data.files})
     with torch.inference_mode():
         prob, reg = nets["pnet"](torch.zeros(2, 3, 30, 40))
         assert prob.shape == (2, 10, 15)
@@ -175,13 +183,13 @@ def test_nms_gives_the_greedy_result(seed: int, use_min: bool) -> None:
     scores = rng.choice(np.linspace(0.5, 1.0, 40), size=count)  # with ties
     groups = rng.integers(0, 3, size=count)
     for threshold in (0.3, 0.5, 0.7):
-        kept = mtcnn.nms(boxes, scores, groups, threshold, use_min)
+        kept = nms(boxes, scores, groups, threshold, use_min)
         assert kept.tolist() == greedy_nms(boxes, scores, groups, threshold, use_min)
-    assert mtcnn.nms(boxes[:0], scores[:0], groups[:0], 0.5).shape == (0,)
+    assert nms(boxes[:0], scores[:0], groups[:0], 0.5).shape == (0,)
 
 
 def test_pyramid_levels_are_even_and_apart_in_the_mosaic() -> None:
-    levels, height, width = mtcnn.plan_pyramid(640, 20, 0.709)
+    levels, height, width = plan_pyramid(640, 20, 0.709)
     sizes = [level.size for level in levels]
     assert sizes[0] == 384  # 640 * 12 / 20
     assert sizes == sorted(sizes, reverse=True)
@@ -197,7 +205,7 @@ def test_pyramid_levels_are_even_and_apart_in_the_mosaic() -> None:
                  max(level.left - 2, 0):level.left + level.size + 2] += 1
         assert occupied[level.top:level.top + level.size,
                         level.left:level.left + level.size].max() == 1
-    assert mtcnn.plan_pyramid(640, 20, 0.709)[1:] == (height, width)
+    assert plan_pyramid(640, 20, 0.709)[1:] == (height, width)
 
 
 def test_pnet_on_the_mosaic_equals_pnet_on_each_level_alone() -> None:
@@ -471,7 +479,7 @@ def test_skipping_the_letterbox_keeps_the_detections(plugin: MTCNNDetector, case
     feed = letterbox(images)
     skipped, full, skipped_shapes, full_shapes = skipped_and_full(plugin, feed, monkeypatch)
     assert set(full_shapes) == {plugin.mosaic_shape}
-    box = mtcnn.content_box(feed)
+    box = content_box(feed)
     assert box is not None
     assert set(skipped_shapes) == {plugin.layout(box).shape}
     content = (box[1] - box[0]) * (box[3] - box[2]) / plugin.input_size ** 2
@@ -485,7 +493,7 @@ def test_a_square_frame_scans_the_whole_pyramid(plugin: MTCNNDetector,
     image = photo("test_img4")
     side = min(image.shape[:2])
     feed = letterbox([image[:side, :side]])
-    assert mtcnn.content_box(feed) == (0, plugin.input_size, 0, plugin.input_size)
+    assert content_box(feed) == (0, plugin.input_size, 0, plugin.input_size)
     skipped, full, skipped_shapes, _ = skipped_and_full(plugin, feed, monkeypatch)
     assert set(skipped_shapes) == {plugin.mosaic_shape}
     np.testing.assert_array_equal(skipped, full)
@@ -498,7 +506,7 @@ def test_a_face_touching_the_letterbox_edge(plugin: MTCNNDetector,
     border above the frame."""
     image = photo("test_img1")[160:700]
     feed = letterbox([image])
-    box = mtcnn.content_box(feed)
+    box = content_box(feed)
     assert box is not None
     skipped, full, skipped_shapes, _ = skipped_and_full(plugin, feed, monkeypatch)
     assert cells(skipped_shapes[0]) < cells(plugin.mosaic_shape)
@@ -514,10 +522,10 @@ def test_a_batch_scans_the_union_of_its_frames(plugin: MTCNNDetector,
     those it has alone."""
     images = [*video_frames(1), photo("test_img3")]
     feed = letterbox(images)
-    wide, tall = mtcnn.content_box(feed[:1]), mtcnn.content_box(feed[1:])
+    wide, tall = content_box(feed[:1]), content_box(feed[1:])
     assert wide is not None
     assert tall is not None
-    union = mtcnn.content_box(feed)
+    union = content_box(feed)
     assert union == (min(wide[0], tall[0]), max(wide[1], tall[1]),
                      min(wide[2], tall[2]), max(wide[3], tall[3]))
     monkeypatch.setattr(plugin, "_workers", lambda count: 1)  # one mosaic for both
@@ -542,17 +550,17 @@ def test_content_box(lit: tuple[slice, slice] | None,
     frames = np.full((2, 640, 640, 3), -1.0, dtype=np.float32)
     if lit is not None:
         frames[1][lit] = -0.99  # any channel value above black counts
-    assert mtcnn.content_box(frames) == expected
+    assert content_box(frames) == expected
 
 
 def test_level_parts_cover_every_window_that_sees_content() -> None:
     """Every P-Net window of a level that overlaps the level pixels averaging content lies in
     the part; the parts of the whole input are the whole levels."""
-    sizes = mtcnn.pyramid_sizes(640, 20, 0.709)
-    whole = mtcnn.level_parts(sizes, 640, (0, 640, 0, 640))
+    sizes = pyramid_sizes(640, 20, 0.709)
+    whole = level_parts(sizes, 640, (0, 640, 0, 640))
     assert [part.shape for part in whole] == [(size, size) for size in sizes]
     for box in [(128, 512, 0, 640), (0, 640, 96, 544), (304, 336, 304, 336)]:
-        for part in mtcnn.level_parts(sizes, 640, box):
+        for part in level_parts(sizes, 640, box):
             ratio = 640 / part.size
             for start, stop, first, span in ((box[0], box[1], part.row, part.shape[0]),
                                              (box[2], box[3], part.col, part.shape[1])):

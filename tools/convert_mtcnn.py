@@ -33,7 +33,7 @@ from torch.nn import functional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from faceinfer.plugins.detect import mtcnn  # noqa: E402 (after the path is set)
+from faceinfer.plugins.detect._mtcnn_nets import build_nets  # noqa: E402 (after the path is set)
 
 NETS = ("pnet", "rnet", "onet")
 SOURCE = "facenet_pytorch/data/{}.pt"
@@ -162,7 +162,7 @@ def check(path: Path, states: dict[str, StateDict]) -> list[str]:
             array = loaded[f"{net}.{key}"]
             if array.dtype != np.float32 or not np.array_equal(array, tensor.numpy()):
                 problems.append(f"{net}.{key}: stored tensor differs from the source")
-    modules = mtcnn.build_nets(loaded)
+    modules = build_nets(loaded)
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for net, module in modules.items():
