@@ -21,6 +21,8 @@ from faceinfer.plugins.detect._mtcnn_boxes import nms
 from faceinfer.plugins.detect._mtcnn_nets import build_nets, file_sha256
 from faceinfer.plugins.detect._mtcnn_pyramid import (
     content_box,
+    fill_mosaic_cpu,
+    fill_mosaic_torch,
     level_parts,
     plan_pyramid,
     pyramid_sizes,
@@ -246,8 +248,9 @@ def test_torch_pyramid_equals_opencv_pyramid(box: tuple[int, int, int, int] | No
     by_opencv = torch.zeros(2, height, width, 3)
     by_torch = torch.zeros(2, height, width, 3)
     with torch.inference_mode():
-        plugin._fill_mosaic_cpu(frames, by_opencv, layout)
-        plugin._fill_mosaic_torch(torch.from_numpy(frames), by_torch, layout)
+        fill_mosaic_cpu(frames, by_opencv, layout, plugin.input_size)
+        fill_mosaic_torch(torch.from_numpy(frames), by_torch, layout, plugin._tables,
+                          plugin._buffer)
     np.testing.assert_allclose(by_torch.numpy(), by_opencv.numpy(), atol=1e-4)
     level = layout.levels[0]
     area = cv2.resize(frames[0], (level.size, level.size), interpolation=cv2.INTER_AREA)
@@ -612,7 +615,7 @@ def test_level_parts_hold_the_pixels_of_the_whole_levels(input_size: int,
     filled = {}
     for layout in (whole, parts):
         filled[layout.shape] = torch.zeros(2, *layout.shape, 3)
-        plugin._fill_mosaic_cpu(frames, filled[layout.shape], layout)
+        fill_mosaic_cpu(frames, filled[layout.shape], layout, plugin.input_size)
     for level, part in zip(whole.levels, parts.levels, strict=True):
         rows, cols = part.in_level
         expected = filled[whole.shape][:, level.top + rows.start:level.top + rows.stop,

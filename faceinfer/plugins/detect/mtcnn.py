@@ -360,18 +360,6 @@ class MTCNNDetector(DetectPlugin):
                 rows, frame_ids = self._finish(sources, boxes, frame_ids)
         return self._pack(rows, frame_ids, count)
 
-    def _fill_mosaic_cpu(self, frames: npt.NDArray[np.float32], mosaic: torch.Tensor,
-                         layout: MosaicLayout) -> None:
-        """:func:`fill_mosaic_cpu` at this plugin's input size (26 ms a whole 640 frame on one
-        core)."""
-        fill_mosaic_cpu(frames, mosaic, layout, self.input_size)
-
-    def _fill_mosaic_torch(self, frames: torch.Tensor, mosaic: torch.Tensor,
-                           layout: MosaicLayout) -> None:
-        """:func:`fill_mosaic_torch` with this plugin's corner tables (made by
-        :meth:`load_model`) and its work buffers (:meth:`_buffer`)."""
-        fill_mosaic_torch(frames, mosaic, layout, self._tables, self._buffer)
-
     def _propose(self, batch: np.ndarray, frames: torch.Tensor, sources: Sources
                  ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """P-Net on the mosaic of each frame (filled here from the batch, or its copy on the
@@ -385,9 +373,10 @@ class MTCNNDetector(DetectPlugin):
         for first in range(0, len(frames), chunk):
             part = mosaic[first:first + chunk]
             if mosaic.device.type == "cpu":
-                self._fill_mosaic_cpu(batch[first:first + chunk], part, layout)
+                fill_mosaic_cpu(batch[first:first + chunk], part, layout, self.input_size)
             else:
-                self._fill_mosaic_torch(frames[first:first + chunk], part, layout)
+                fill_mosaic_torch(frames[first:first + chunk], part, layout, self._tables,
+                                  self._buffer)
             prob, regression = self._call_pnet(part[:, :layout.shape[0]])
             frame, row, col = torch.nonzero((prob >= self.settings.threshold_1) & layout.valid,
                                             as_tuple=True)
