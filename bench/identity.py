@@ -17,10 +17,9 @@ Prints the figures, then as the last line a JSON object::
 ``mask_faces_per_s`` is the "components" mask; ``identity_process_share`` is the part of the b32
 stage time spent in the plugin's ``process``.
 
-With ``--dlib N`` it also times dlib's own ``compute_face_descriptor`` on the stage's chips of N
-faces at the same batch sizes (``dlib_faces_per_s_b<size>`` in the JSON).
+dlib's own descriptor call against the port: ``bench/dlib_ports.py``.
 
-Usage: ``python bench/identity.py [--faces N] [--mask-faces N] [--dlib N]``
+Usage: ``python bench/identity.py [--faces N] [--mask-faces N]``
 """
 from __future__ import annotations
 
@@ -128,40 +127,12 @@ def identity_rates(faces: list[Face], total: int) -> dict[str, float]:
     return result
 
 
-def dlib_rates(faces: list[Face], total: int) -> dict[str, float]:
-    """dlib's own ``compute_face_descriptor`` on the stage's chips of ``total`` faces: faces/s
-    at each batch size (the call alone)."""
-    import dlib  # noqa: PLC0415 (only with --dlib)
-
-    from faceinfer.plugins._dlib import model_path  # noqa: PLC0415
-
-    identity = Identity("dlib-resnet", device="cpu")
-    identity.init_model()
-    batch = face_batches(faces, total, total)[0]
-    identity.pre_process(batch)
-    chips = [np.ascontiguousarray(chip) for chip in batch.data]
-    model = dlib.face_recognition_model_v1(str(model_path("face_recognition_model_location")))
-    model.compute_face_descriptor(chips[:1])  # warm-up
-    result: dict[str, float] = {}
-    for size in BATCH_SIZES:
-        start = time.perf_counter()
-        for first in range(0, total, size):
-            model.compute_face_descriptor(chips[first:first + size])
-        rate = total / (time.perf_counter() - start)
-        result[f"dlib_faces_per_s_b{size}"] = round(rate, 2)
-        print(f"  dlib's own call, batch {size:2d}: {rate:6.2f} faces/s")
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=64,
                         help="faces per identity batch size (default 64)")
     parser.add_argument("--mask-faces", type=int, default=512,
                         help="faces per mask plugin (default 512)")
-    parser.add_argument("--dlib", type=int, default=0, metavar="N",
-                        help="also time dlib's own descriptor call on N faces (default 0: not; "
-                             "dlib takes 0.1 to 0.3 s a face)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"needs the sample photos in {DATA}", file=sys.stderr)
@@ -170,8 +141,6 @@ def main() -> int:
     print(f"{len(faces)} faces found in the sample photos, cycled to {args.faces} faces "
           f"per identity batch size and {args.mask_faces} per mask")
     result = identity_rates(faces, args.faces)
-    if args.dlib:
-        result |= dlib_rates(faces, args.dlib)
     for name, key in (("components", "mask_faces_per_s"),
                       ("extended", "mask_extended_faces_per_s")):
         mask = Mask(name)
