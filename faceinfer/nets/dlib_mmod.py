@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual name)
 
 from faceinfer.formats.dlib_dat import DatFormatError, DatLayer, DatNetwork
+from faceinfer.nets._folding import conv2d, folded_weights
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -176,48 +177,21 @@ def build_pyramid(images: torch.Tensor, layout: PyramidLayout, mean: torch.Tenso
     return out
 
 
-def _conv(layer: DatLayer, channels: int) -> nn.Conv2d:
-    """A torch convolution holding a ``con`` layer's weights, checked against its input."""
-    weight = np.asarray(layer.fields["weight"], dtype=np.float32)
+def _conv(block: list[DatLayer], channels: int) -> nn.Conv2d:
+    """A torch convolution holding a [con, optional norm, ...] block's convolution with its
+    norm folded in, checked against its input and the norm's width."""
+    layer = block[0]
+    weight = np.asarray(layer.fields["weight"])
     if weight.ndim != 4 or weight.shape[1] != channels:
         raise DatFormatError(f"{layer.tag} at byte {layer.offset}: expected filters "
                              f"(out, {channels}, rows, cols), got {weight.shape}")
-    bias = layer.fields.get("bias")
-    conv = nn.Conv2d(channels, weight.shape[0], weight.shape[2:], stride=layer.fields["stride"],
-                     padding=layer.fields["padding"], bias=True)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(weight))
-        _bias(conv).copy_(torch.zeros(weight.shape[0]) if bias is None else torch.from_numpy(
-            np.asarray(bias, dtype=np.float32)))
-    return conv
-
-
-def _bias(conv: nn.Conv2d) -> torch.Tensor:
-    """The convolution's bias (every convolution here has one)."""
-    assert conv.bias is not None
-    return conv.bias
-
-
-def _fold_norm(conv: nn.Conv2d, layer: DatLayer) -> None:
-    """Fold a per-channel affine (``affine``) or batch norm with running statistics
-    (``bn_con``, as dlib turns it into an affine layer on loading) into the convolution."""
-    fields = layer.fields
-    gamma = np.asarray(fields["gamma"], np.float64).reshape(-1)
-    beta = np.asarray(fields["beta"], np.float64).reshape(-1)
-    if gamma.shape != (conv.out_channels,) or beta.shape != gamma.shape:
-        raise DatFormatError(f"{layer.tag} at byte {layer.offset}: expected "
-                             f"{conv.out_channels} channels, got {gamma.shape[0]}")
-    if layer.kind == "bn_con":
-        var = np.asarray(fields["running_var"], np.float64).reshape(-1)
-        scale = gamma / np.sqrt(var + float(fields["eps"]))
-        shift = beta - scale * np.asarray(fields["running_mean"], np.float64).reshape(-1)
-    else:
-        scale, shift = gamma, beta
-    with torch.no_grad():
-        conv.weight.mul_(torch.from_numpy(scale.astype(np.float32)).view(-1, 1, 1, 1))
-        bias = _bias(conv)
-        bias.copy_(bias * torch.from_numpy(scale.astype(np.float32))
-                   + torch.from_numpy(shift.astype(np.float32)))
+    norm = next((item for item in block[1:] if item.kind != "relu"), None)
+    if norm is not None:
+        gamma, beta = (np.asarray(norm.fields[name]).reshape(-1) for name in ("gamma", "beta"))
+        if gamma.shape != (weight.shape[0],) or beta.shape != gamma.shape:
+            raise DatFormatError(f"{norm.tag} at byte {norm.offset}: expected "
+                                 f"{weight.shape[0]} channels, got {gamma.shape[0]}")
+    return conv2d(*folded_weights(layer, norm), layer.fields["stride"], layer.fields["padding"])
 
 
 def _blocks(layers: Sequence[DatLayer]) -> Iterator[list[DatLayer]]:
@@ -262,14 +236,10 @@ class MMODNet(nn.Module):
         convs: list[nn.Conv2d] = []
         channels = 3
         for block in _blocks(network.layers):
-            conv = _conv(block[0], channels)
+            conv = _conv(block, channels)
             convs.append(conv)
             modules.append(conv)
-            for layer in block[1:]:
-                if layer.kind == "relu":
-                    modules.append(nn.ReLU(inplace=True))
-                else:
-                    _fold_norm(conv, layer)
+            modules += [nn.ReLU(inplace=True) for layer in block[1:] if layer.kind == "relu"]
             channels = conv.out_channels
         windows = len(network.loss.get("windows", ()))
         if not convs or channels != windows:

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional
 
 from faceinfer.formats.dlib_dat import DatFormatError, DatLayer, DatNetwork
+from faceinfer.nets._folding import conv2d, folded_weights, parameter
 
 INPUT_SCALE = 256.0
 """dlib's input layer divides each pixel, less its channel's mean, by this (not 255, no std)."""
@@ -229,34 +230,16 @@ def _folded_conv(layers: _LayerCursor, channels: int, stride: tuple[int, int],
     with the affine folded in (``gamma * conv(x) + beta``); with ``mean``, also the input
     normalisation ``(x - mean) / 256`` (exact only for a conv without padding)."""
     con = layers.take("con", stride=stride, padding=padding, relu=False)
-    weight = con.fields["weight"].astype(np.float64)
-    layers.check(weight.shape[1] == channels, f"con on {channels} channels",
-                 f"filters {weight.shape}")
-    outputs = weight.shape[0]
-    bias = con.fields["bias"]
-    bias = np.zeros(outputs) if bias is None else bias.astype(np.float64)
-    gamma, beta = _affine(layers, outputs)
-    weight *= gamma[:, None, None, None]
-    bias = bias * gamma + beta
+    shape = con.fields["weight"].shape
+    layers.check(shape[1] == channels, f"con on {channels} channels", f"filters {shape}")
+    affine = layers.take("affine", mode="conv")
+    size = np.asarray(affine.fields["gamma"]).size
+    layers.check(size == shape[0], f"affine on {shape[0]} channels", f"{size}")
+    weight, bias = folded_weights(con, affine)
     if mean is not None:
         bias -= np.einsum("oikl,i->o", weight, mean) / INPUT_SCALE
         weight /= INPUT_SCALE
-    conv = nn.Conv2d(channels, outputs, weight.shape[2:], stride, padding)
-    conv.weight = _parameter(weight)
-    conv.bias = _parameter(bias)
-    return conv
-
-
-def _affine(layers: _LayerCursor, channels: int
-            ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Take an affine layer (per channel, ``gamma * x + beta``) on ``channels`` channels: its
-    gamma and beta (ones and zeros for a disabled one)."""
-    affine = layers.take("affine", mode="conv")
-    gamma = affine.fields["gamma"].astype(np.float64)
-    layers.check(gamma.size == channels, f"affine on {channels} channels", f"{gamma.size}")
-    if affine.fields["disabled"]:
-        return np.ones(channels), np.zeros(channels)
-    return gamma, affine.fields["beta"].astype(np.float64)
+    return conv2d(weight, bias, stride, padding)
 
 
 def _linear(layers: _LayerCursor, inputs: int) -> nn.Linear:
@@ -266,13 +249,7 @@ def _linear(layers: _LayerCursor, inputs: int) -> nn.Linear:
     weight, bias = fc.fields["weight"], fc.fields["bias"]
     layers.check(weight.shape[0] == inputs, f"fc on {inputs} inputs", f"weights {weight.shape}")
     linear = nn.Linear(inputs, weight.shape[1], bias=bias is not None)
-    linear.weight = _parameter(weight.T)
+    linear.weight = parameter(weight.T)
     if bias is not None:
-        linear.bias = _parameter(bias)
+        linear.bias = parameter(bias)
     return linear
-
-
-def _parameter(values: npt.NDArray[np.floating]) -> nn.Parameter:
-    """A frozen float32 parameter holding a copy of ``values``."""
-    data = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    return nn.Parameter(data, requires_grad=False)
