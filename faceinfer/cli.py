@@ -178,7 +178,9 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser],
 def _extract(args: argparse.Namespace) -> int:
     """Run an extraction and print its summary."""
     from faceinfer.app import Extraction, ExtractSettings  # noqa: PLC0415 (loads torch)
+    from faceinfer.app.allocator import tune_allocator  # noqa: PLC0415
 
+    tune_allocator()  # this process is ours: keep big freed blocks for the next batch
     settings = ExtractSettings(
         input_path=Path(args.input), output_dir=args.output_dir,
         batch_mode=args.batch_mode, detector=args.detector, aligner=args.aligner,
