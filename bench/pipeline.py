@@ -33,7 +33,12 @@ the video::
      "bound_fps": ..., "cpu_utilisation": ..., "identity_pipeline_fps": ...,
      "identity_loop_fps": ..., "identity_ratio": ..., "identity_bound_fraction": ...}
 
-Usage: ``python bench/pipeline.py [--frames N] [--photo-passes N] [--no-identity]``
+``--loop-threads N`` runs the plain loop on N torch intra-op threads (default: torch's own, one
+per core) and the pipeline on torch's default, to compare the pipeline with a loop that keeps
+one core busy; the JSON line then says ``"loop_threads": N``.
+
+Usage: ``python bench/pipeline.py [--frames N] [--photo-passes N] [--no-identity]
+[--loop-threads N]``
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from typing import Any
 import cv2
 import numpy as np
 import psutil
+import torch
 from detect_align import DATA, feed_and_count, load_frames
 
 from faceinfer import Align, Detect, ExtractRunner, Identity, Mask
@@ -168,27 +174,37 @@ class Run:
 
 
 def timed_run(kind: Callable[[Frames, list[Stage]], int], frames: Frames,
-              identity: bool) -> Run:
+              identity: bool, threads: int | None = None) -> Run:
+    """``kind`` on the frames with new stages, on ``threads`` torch intra-op threads (None:
+    torch's default) in this thread and the threads started meanwhile."""
     stages = make_stages(identity)
+    default = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     process = psutil.Process()
     before = process.cpu_times()
     start = time.perf_counter()
-    faces = kind(frames, stages)
+    try:
+        faces = kind(frames, stages)
+    finally:
+        torch.set_num_threads(default)
     wall = time.perf_counter() - start
     after = process.cpu_times()
     cpu = after.user + after.system - before.user - before.system
     return Run(len(frames), faces, wall, cpu, stages)
 
 
-def report(title: str, frames: Frames, identity: bool, cores: int) -> dict[str, float]:
+def report(title: str, frames: Frames, identity: bool, cores: int,
+           loop_threads: int | None) -> dict[str, float]:
     """Loop and pipeline on ``frames``; prints the figures and returns the headline ones."""
-    loop = timed_run(plain_loop, frames, identity)
+    loop = timed_run(plain_loop, frames, identity, loop_threads)
     pipe = timed_run(pipeline, frames, identity)
     stage_cpu = sum(stage.process_cpu for stage in loop.stages) / loop.frames
     bound_fps = cores / stage_cpu
     ratio = pipe.fps / loop.fps
     bound_fraction = pipe.fps / bound_fps
-    print(f"{title}: {len(frames)} frames")
+    print(f"{title}: {len(frames)} frames"
+          + (f", plain loop on {loop_threads} torch threads" if loop_threads else ""))
     for label, run in (("plain loop", loop), ("pipeline", pipe)):
         print(f"  {label:10s} {run.fps:7.2f} frames/s  {run.faces:5d} faces  {run.wall:7.1f} s  "
               f"{run.cpu / run.frames * 1000:6.0f} CPU-ms a frame  CPU "
@@ -218,9 +234,13 @@ def main() -> int:
                         help="times the four photos are put through (default: 5)")
     parser.add_argument("--no-identity", action="store_true",
                         help="only the chain without identity")
+    parser.add_argument("--loop-threads", type=int, default=None,
+                        help="torch intra-op threads of the plain loop (default: torch's)")
     args = parser.parse_args()
     if args.frames < 1 or args.photo_passes < 0:
         parser.error("--frames must be >= 1 and --photo-passes >= 0")
+    if args.loop_threads is not None and args.loop_threads < 1:
+        parser.error("--loop-threads must be >= 1")
     if not DATA.is_dir():
         print(f"needs the sample data in {DATA}", file=sys.stderr)
         return 2
@@ -239,13 +259,17 @@ def main() -> int:
     if not args.no_identity:
         chains.append(("mtcnn -> dlib-68 (re-align) -> components -> dlib-resnet", True))
     for chain, identity in chains:
-        figures = report(f"{chain}, video ({args.frames} frames looped)", video, identity, cores)
+        figures = report(f"{chain}, video ({args.frames} frames looped)", video, identity, cores,
+                         args.loop_threads)
         if photos:
-            report(f"{chain}, photos ({args.photo_passes} passes)", photos, identity, cores)
+            report(f"{chain}, photos ({args.photo_passes} passes)", photos, identity, cores,
+                   args.loop_threads)
         if identity:
             result.update({f"identity_{key}": value for key, value in figures.items()})
         else:
             result.update(figures)
+    if args.loop_threads is not None:
+        result["loop_threads"] = args.loop_threads
     print(json.dumps(result))
     return 0
 
